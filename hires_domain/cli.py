@@ -1,0 +1,161 @@
+"""`hires` command line: info, enhance, models, demo. Errors are one line and exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import HiresError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Domain-correct super-resolution for DICOM/NIfTI volumes and satellite rasters.")
+out = Console()
+err = Console(stderr=True)
+
+DEVICE_HELP = "auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)"
+
+
+def _line(msg: str) -> None:
+    """One unwrapped line on stderr (errors and warnings must stay one line)."""
+    print(" ".join(str(msg).split()), file=sys.stderr)
+
+
+def _scales(scales) -> str:
+    lo, hi = min(scales), max(scales)
+    return f"x{lo}-x{hi}" if list(scales) == list(range(lo, hi + 1)) and hi > lo else ",".join(f"x{s}" for s in scales)
+
+
+def _progress_bar(quiet: bool, label: str):
+    if quiet:
+        return None
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
+def _run_with_progress(fn, quiet: bool, label: str):
+    bar = _progress_bar(quiet, label)
+    if bar is None:
+        return fn(None)
+    with bar:
+        task = bar.add_task(label, total=None)
+        return fn(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="DICOM directory/file, NIfTI or raster"),
+         series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID to describe"),
+         as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Geometry, series, bands and an intensity summary of an input."""
+    from .info import describe, render
+
+    d = describe(path, series)
+    if as_json:
+        print(json.dumps(d, indent=2))
+    else:
+        render(d, out)
+
+
+@app.command()
+def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .nii/.nii.gz or raster"),
+            dst: Path = typer.Argument(..., help="output: DICOM directory, .nii/.nii.gz or .tif"),
+            model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
+            scale: int = typer.Option(2, help="in-plane scale factor"),
+            tile: int = typer.Option(256, help="tile size in input pixels"),
+            overlap: int = typer.Option(32, help="blending overlap between tiles, input pixels"),
+            batch_size: int = typer.Option(4, help="tiles per model call"),
+            device: str = typer.Option("auto", help=DEVICE_HELP),
+            series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
+            cog: bool = typer.Option(False, "--cog", help="write a Cloud Optimized GeoTIFF"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
+    """Super-resolve one input into a new output (written atomically; the input is never changed)."""
+    from .pipeline import Settings, enhance_file
+
+    settings = Settings(model, scale, tile, overlap, batch_size, device)
+    s = _run_with_progress(
+        lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p),
+        quiet, f"{model} x{scale}")
+    if s.clipped:
+        _line(f"warning: {s.clipped} values clipped to the output data type's range")
+    if not quiet:
+        shape = lambda t: "x".join(map(str, t))  # noqa: E731
+        out.print(f"wrote {s.output}: {shape(s.in_shape)} -> {shape(s.out_shape)} "
+                  f"({s.model} x{s.scale}, {s.device}, {s.seconds:.1f} s)")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Models: name, family, domains, scales, bands and a short card."""
+    from dataclasses import asdict
+
+    from .models import list_models
+
+    infos = list_models()
+    if as_json:
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    t = Table("name", "family", "domains", "scales", "bands", "halo", "summary")
+    for i in infos:
+        t.add_row(i.name, i.family, ",".join(i.domains), _scales(i.scales),
+                  "any" if i.bands is None else str(i.bands), str(i.halo), i.summary)
+    out.print(t)
+
+
+@app.command()
+def demo(out_dir: Path = typer.Option(Path("hires-demo"), "--out", help="where outputs and summary go"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars")):
+    """The main job on the bundled real samples: a CT series, a NIfTI volume, a Sentinel-2 crop."""
+    from .demo import run_demo
+
+    run_demo(out_dir, device=device, quiet=quiet, console=out, runner=_run_with_progress)
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="print the version")):
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Entry point: HiresError → one line on stderr, exit 2; warnings shown as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            app(standalone_mode=False)
+            code = 0
+        except HiresError as exc:
+            _line(f"error: {exc}")
+            code = 2
+        except (typer.Abort, KeyboardInterrupt):
+            _line("error: interrupted; no output was written")
+            code = 130
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except Exception as exc:  # click usage errors and genuine bugs
+            import click
+
+            if isinstance(exc, click.ClickException):
+                exc.show()
+                code = exc.exit_code
+            elif os.environ.get("HIRES_DEBUG"):
+                raise
+            else:
+                _line(f"error: internal error ({type(exc).__name__}: {exc}); "
+                      "rerun with HIRES_DEBUG=1 for a traceback")
+                code = 1
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            _line(f"warning: {w.message}")
+    sys.exit(code)

@@ -1,0 +1,69 @@
+"""Model registry: every model, baselines included, goes through the same tiler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import HiresError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model can take and do; shown by ``hires models`` and checked before a run."""
+
+    name: str
+    summary: str
+    family: str  # 'interpolation' | 'srgan' | 'diffusion'
+    domains: tuple[str, ...]  # subset of ('medical', 'raster')
+    scales: tuple[int, ...]  # in-plane factors it can do
+    bands: int | None = None  # channels it takes; None = any
+    halo: int = 0  # input pixels of context per side needed for seam-free tiling
+    card: str = ""  # model card path under docs/
+
+
+class Model:
+    """A 2-D model: ``predict`` maps ``(B, C, H, W)`` to ``(B, C, H·k, W·k)``."""
+
+    info: ModelInfo
+
+    def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, scale: int, channels: int, domain: str) -> None:
+        """Refuse a scale, band count or domain this model cannot take (one-line errors)."""
+        i = self.info
+        if scale not in i.scales:
+            can = ", ".join(f"x{s}" for s in i.scales)
+            raise HiresError(f"model '{i.name}' cannot do x{scale}; it supports {can}")
+        if i.bands is not None and channels != i.bands:
+            raise HiresError(f"model '{i.name}' takes {i.bands} band(s), the input has {channels}")
+        if domain not in i.domains:
+            raise HiresError(f"model '{i.name}' is for {'/'.join(i.domains)} images, not {domain}")
+
+
+_REGISTRY: dict[str, Callable[[], Model]] = {}
+
+
+def register(name: str, factory: Callable[[], Model]) -> None:
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str) -> Model:
+    """Instantiate a registered model or fail with the list of known names."""
+    if name not in _REGISTRY:
+        raise HiresError(f"unknown model '{name}'; available: {', '.join(available())}")
+    return _REGISTRY[name]()
+
+
+def list_models() -> list[ModelInfo]:
+    return [get_model(n).info for n in available()]
+
+
+from . import baselines  # noqa: E402,F401  (registers the baselines)

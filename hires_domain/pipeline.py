@@ -1,0 +1,168 @@
+"""enhance: image → model through the tiler → image, in memory or streamed file to file."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import psutil
+
+from . import __version__, geometry, io, tiling
+from .errors import HiresError
+from .image import Image
+from .models import Model, get_model
+
+Progress = Callable[[int, int], None]
+GIB = 1024**3
+MAX_TIFF_SIDE = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked for; ``describe`` goes into the output's provenance."""
+
+    model: str = "bicubic"
+    scale: int = 2
+    tile: int = 256
+    overlap: int = 32
+    batch_size: int = 4
+    device: str = "auto"
+
+    def describe(self) -> str:
+        return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
+                f"tile={self.tile} overlap={self.overlap}")
+
+
+@dataclass
+class Summary:
+    """What a run did, for the CLI and ``hires demo``."""
+
+    input: str
+    output: str
+    model: str
+    scale: int
+    in_shape: tuple
+    out_shape: tuple
+    seconds: float
+    device: str
+    clipped: int = 0
+    notes: list = field(default_factory=list)
+
+
+def domain_of(image: Image) -> str:
+    return "raster" if image.kind == "raster" else "medical"
+
+
+def _plan(image: Image, model: Model, s: Settings) -> tuple[tiling.TileSpec, Callable]:
+    """TileSpec over the image's spatial axes; a 2-D model runs slice by slice on volumes."""
+    model.check(s.scale, image.channels, domain_of(image))
+    if s.tile < 1 or s.overlap < 0 or s.overlap >= s.tile:
+        raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={s.tile} overlap={s.overlap}")
+    lead = len(image.spatial_shape) - 2
+    h = model.info.halo
+    spec = tiling.TileSpec(
+        tile=(1,) * lead + (s.tile, s.tile), overlap=(0,) * lead + (s.overlap, s.overlap),
+        halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale))
+
+    def predict(x):
+        flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
+        y = model.predict(flat, s.scale)
+        return y.reshape(*x.shape[:2], *(1,) * lead, *y.shape[-2:])
+
+    return spec, predict
+
+
+def _factors(image: Image, scale: int) -> tuple[int, ...]:
+    lead = len(image.spatial_shape) - 2
+    return (1,) * lead + (scale, scale)
+
+
+def _human(nbytes: float) -> str:
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 1024**2:.1f} MiB"
+
+
+def check_size(image: Image, scale: int, streamed_to: Path | None = None) -> tuple[int, ...]:
+    """Refuse absurd outputs before allocating anything; returns the output spatial shape."""
+    out = geometry.upscaled_shape(image.spatial_shape, _factors(image, scale))
+    dims = " x ".join(str(n) for n in (image.channels, *out))
+    if streamed_to is None:
+        need = 4 * image.channels * int(np.prod(out, dtype=np.float64))
+        avail = psutil.virtual_memory().available
+        if need > avail / 2:
+            raise HiresError(f"output would be {_human(need)} in memory ({dims} float32), more than "
+                             f"half the available memory ({_human(avail)})")
+        return out
+    if max(out) > MAX_TIFF_SIDE:
+        raise HiresError(f"output would be {dims} pixels: larger than GeoTIFF allows per side")
+    need = np.dtype(image.data.dtype).itemsize * image.channels * float(np.prod(out, dtype=np.float64))
+    free = shutil.disk_usage(streamed_to.resolve().parent).free
+    if need > free:
+        raise HiresError(f"output would be {_human(need)} uncompressed ({dims}), more than the "
+                         f"{_human(free)} free at {streamed_to.resolve().parent}")
+    return out
+
+
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings) -> Iterator[tuple[int, int]]:
+    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total)."""
+    model = get_model(s.model)
+    spec, predict = _plan(image, model, s)
+    device = tiling.resolve_device(s.device)
+    source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
+    yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
+
+
+def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
+    for done, total in gen:
+        if progress:
+            progress(done, total)
+
+
+def enhance(image: Image, model: str = "bicubic", scale: int = 2, tile: int = 256, overlap: int = 32,
+            batch_size: int = 4, device: str = "auto", progress: Progress | None = None) -> Image:
+    """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept."""
+    s = Settings(model, scale, tile, overlap, batch_size, device)
+    get_model(model).check(scale, image.channels, domain_of(image))
+    out = check_size(image, scale)
+    fill = np.nan if image.nodata is None else image.nodata
+    sink = tiling.ArraySink((image.channels, *out), fill=fill)
+    _drain(iter_enhance(image, sink, s), progress)
+    return image.with_data(sink.array, factors=_factors(image, scale),
+                           meta={**image.meta, "provenance": s.describe()})
+
+
+def enhance_file(src, dst, settings: Settings = Settings(), series: str | None = None,
+                 overwrite: bool = False, cog: bool = False, progress: Progress | None = None) -> Summary:
+    """Read ``src``, enhance, write ``dst`` atomically; rasters stream window by window."""
+    src, dst = Path(src), Path(dst)
+    image = io.read(src, series=series)
+    kind = io.output_kind(image, dst)
+    io.check_output(dst, overwrite, src=src)
+    if cog and kind != "raster":
+        raise HiresError("--cog applies to GeoTIFF output only")
+    model = get_model(settings.model)
+    model.check(settings.scale, image.channels, domain_of(image))
+    device = tiling.resolve_device(settings.device)
+    start = time.perf_counter()
+    clipped = 0
+    if kind == "raster":
+        from .io.raster import RasterSink
+
+        out = check_size(image, settings.scale, streamed_to=dst)
+        affine = geometry.upscaled_affine(image.affine, _factors(image, settings.scale))
+        with io.atomic_output(dst) as tmp:
+            with RasterSink(tmp, (image.channels, *out), affine, image, provenance=settings.describe(),
+                            cog=cog) as sink:
+                _drain(iter_enhance(image, sink, settings), progress)
+            clipped = sink.clipped
+    else:
+        result = enhance(image, settings.model, settings.scale, settings.tile, settings.overlap,
+                         settings.batch_size, settings.device, progress)
+        out = result.spatial_shape
+        with io.atomic_output(dst, is_dir=kind == "dicom") as tmp:
+            io.write_to(result, tmp, kind, description=settings.describe())
+    return Summary(str(src), str(dst), settings.model, settings.scale, image.shape,
+                   (image.channels, *out), time.perf_counter() - start, str(device), clipped)

@@ -1,0 +1,281 @@
+"""Streaming N-d tiler: halo for model context, overlap blending at output resolution.
+
+Tiles are planned on the input grid; each is read with a halo of ``halo`` extra input pixels
+(clipped at the image border, never padded, so a convolutional model sees exactly what it sees
+on the whole image), run through the model in batches, cropped back to the tile, weighted and
+accumulated. The output is cut into *cells* by every tile boundary; a cell is written to the
+sink the moment the last tile covering it has been blended, so memory holds only the unfinished
+band of cells (the overlap behind the current tile row), never the whole output.
+
+Blending weights are computed at output resolution, per axis: 1 inside a tile, a Hann
+(sin²) ramp across the region shared with the neighbouring tile on that side, and 1 up to
+the image edge (no footprint is lost). The output is Σ w·pred / Σ w, so any overlap gives
+a convex combination of the tiles' predictions.
+
+Nodata/NaN: a pixel is valid only if every band is finite and not the nodata value. Invalid
+input pixels are replaced by the nearest valid pixel of the same tile before the model sees
+them (so nodata never leaks into context as a value), and each output pixel is valid exactly
+when the input pixel under its centre is valid; invalid output pixels get the sink's nodata.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import HiresError
+
+Region = tuple[slice, ...]
+
+
+class Source(Protocol):
+    """Windowed input: ``read`` returns float32 ``(C, *region)`` and a bool valid mask."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, region: Region) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Sink(Protocol):
+    """Windowed output: receives finished float32 ``(C, *region)`` pixels and validity."""
+
+    def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None: ...
+
+
+class ArraySource:
+    """In-memory ``(C, *spatial)`` array as a Source; ``nodata`` marks invalid pixels."""
+
+    def __init__(self, array: np.ndarray, nodata: float | None = None):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.nodata = nodata
+
+    def read(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
+        data = np.asarray(self.array[(slice(None), *region)], dtype=np.float32)
+        return data, valid_mask(data, self.nodata)
+
+
+class ArraySink:
+    """Collects the output in memory as float32, invalid pixels set to ``fill``."""
+
+    def __init__(self, shape: tuple[int, ...], fill: float = np.nan):
+        self.array = np.empty(shape, dtype=np.float32)
+        self.valid = np.zeros(shape[1:], dtype=bool)
+        self.fill = fill
+
+    def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
+        self.array[(slice(None), *region)] = np.where(valid, data, self.fill)
+        self.valid[region] = valid
+
+
+def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels where every band is finite and differs from ``nodata``."""
+    ok = np.all(np.isfinite(data), axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        ok &= np.all(data != nodata, axis=0)
+    return ok
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Per-axis tiling parameters on the input grid (one entry per spatial axis)."""
+
+    tile: tuple[int, ...]
+    overlap: tuple[int, ...]
+    halo: tuple[int, ...]
+    scale: tuple[int, ...]
+
+
+def axis_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis: regular steps, the last tile flush with the edge."""
+    if tile >= n:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step))
+    return starts + [n - tile]
+
+
+def ramp_weights(n_out: int, lead: int, trail: int) -> np.ndarray:
+    """1-D weights: Hann ramp up over ``lead`` pixels, down over ``trail``, 1 between."""
+    w = np.ones(n_out, dtype=np.float64)
+    if lead:
+        w[:lead] = np.sin(0.5 * np.pi * (np.arange(lead) + 0.5) / lead) ** 2
+    if trail:
+        w[n_out - trail:] *= np.sin(0.5 * np.pi * (np.arange(trail)[::-1] + 0.5) / trail) ** 2
+    return w
+
+
+@dataclass(frozen=True)
+class _Axis:
+    starts: list[int]
+    tile: int
+    scale: int
+    breaks: np.ndarray  # output-grid cell boundaries
+
+    def cells(self, i: int) -> range:
+        s, e = self.starts[i] * self.scale, (self.starts[i] + self.tile) * self.scale
+        return range(int(np.searchsorted(self.breaks, s)), int(np.searchsorted(self.breaks, e)))
+
+    def weights(self, i: int) -> np.ndarray:
+        s, k, t = self.starts[i], self.scale, self.tile
+        lead = (self.starts[i - 1] + t - s) * k if i > 0 else 0
+        trail = (s + t - self.starts[i + 1]) * k if i + 1 < len(self.starts) else 0
+        return ramp_weights(t * k, lead, trail)
+
+    def coverage(self) -> np.ndarray:
+        count = np.zeros(len(self.breaks) - 1, dtype=int)
+        for i in range(len(self.starts)):
+            count[list(self.cells(i))] += 1
+        return count
+
+
+class TilePlan:
+    """Tiles, cells and blending weights for one input shape and TileSpec."""
+
+    def __init__(self, shape: tuple[int, ...], spec: TileSpec):
+        self.shape, self.spec = shape, spec
+        self.axes = []
+        for n, t, o, k in zip(shape, spec.tile, spec.overlap, spec.scale):
+            t = min(t, n)
+            starts = axis_starts(n, t, min(o, t - 1))
+            breaks = sorted({s * k for s in starts} | {(s + t) * k for s in starts})
+            self.axes.append(_Axis(starts, t, k, np.array(breaks)))
+        self.coverage = np.ones([len(a.breaks) - 1 for a in self.axes], dtype=int)
+        for d, a in enumerate(self.axes):
+            shape_d = [1] * len(self.axes)
+            shape_d[d] = -1
+            self.coverage = self.coverage * a.coverage().reshape(shape_d)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(n * k for n, k in zip(self.shape, self.spec.scale))
+
+    def tiles(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*(range(len(a.starts)) for a in self.axes)))
+
+    def read_region(self, tile: tuple[int, ...]) -> Region:
+        """Input window of a tile including its halo, clipped to the image."""
+        return tuple(
+            slice(max(0, a.starts[i] - h), min(n, a.starts[i] + a.tile + h))
+            for a, i, h, n in zip(self.axes, tile, self.spec.halo, self.shape)
+        )
+
+    def cell_region(self, cell: tuple[int, ...]) -> Region:
+        return tuple(slice(int(a.breaks[c]), int(a.breaks[c + 1])) for a, c in zip(self.axes, cell))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HiresError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise HiresError("device 'mps' requested but Apple MPS is not available (use --device cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise HiresError(f"unknown device '{name}': use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def fill_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Replace invalid pixels by their nearest valid pixel (zeros when none is valid)."""
+    if valid.all():
+        return data
+    if not valid.any():
+        return np.zeros_like(data)
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return data[(slice(None), *idx)]
+
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def iter_tiled(
+    source: Source,
+    sink: Sink,
+    predict: Predict,
+    spec: TileSpec,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, int]]:
+    """Run ``predict`` over ``source`` tile by tile into ``sink``; yields (done, total) tiles.
+
+    ``predict`` maps a float32 tensor ``(B, C, *tile)`` on ``device`` to
+    ``(B, C_out, *tile·scale)``. Being a generator, the caller can stop between batches
+    (the napari worker cancels this way).
+    """
+    device = torch.device(device)
+    plan = TilePlan(tuple(source.shape[1:]), spec)
+    remaining = plan.coverage.copy()
+    cells: dict[tuple[int, ...], list] = {}
+    tiles = plan.tiles()
+    done = 0
+    for batch in _batches(plan, tiles, batch_size):
+        inputs, valids = [], []
+        for t in batch:
+            data, valid = source.read(plan.read_region(t))
+            inputs.append(fill_invalid(data, valid))
+            valids.append(valid)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(inputs)).to(device)
+            y = predict(x).float().cpu().numpy()
+        for t, pred, valid in zip(batch, y, valids):
+            _blend_tile(plan, t, pred, valid, cells, remaining, sink)
+        done += len(batch)
+        yield done, len(tiles)
+
+
+def _batches(plan: TilePlan, tiles, batch_size: int):
+    """Consecutive tiles with identical read shapes, at most ``batch_size`` at a time."""
+    def shape(t):
+        return tuple(s.stop - s.start for s in plan.read_region(t))
+
+    for _, group in itertools.groupby(tiles, key=shape):
+        group = list(group)
+        for i in range(0, len(group), batch_size):
+            yield group[i:i + batch_size]
+
+
+def _blend_tile(plan, t, pred, valid, cells, remaining, sink) -> None:
+    read = plan.read_region(t)
+    k = plan.spec.scale
+    # crop the halo away (output coordinates relative to the read window)
+    starts = [a.starts[i] for a, i in zip(plan.axes, t)]
+    off = [(s - r.start) * kk for s, r, kk in zip(starts, read, k)]
+    size = [a.tile * kk for a, kk in zip(plan.axes, k)]
+    core = pred[(slice(None), *(slice(o, o + n) for o, n in zip(off, size)))]
+    vcore = valid[tuple(slice(s - r.start, s - r.start + a.tile) for s, r, a in zip(starts, read, plan.axes))]
+    for d, kk in enumerate(k):  # output pixel valid iff the input pixel under its centre is
+        vcore = np.repeat(vcore, kk, axis=d)
+    w = np.ones(size, dtype=np.float64)
+    for d, (a, i) in enumerate(zip(plan.axes, t)):
+        shape_d = [1] * len(size)
+        shape_d[d] = -1
+        w = w * a.weights(i).reshape(shape_d)
+    w = w.astype(np.float32)
+    origin = [s * kk for s, kk in zip(starts, k)]
+    for cell in itertools.product(*(a.cells(i) for a, i in zip(plan.axes, t))):
+        region = plan.cell_region(cell)
+        local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
+        acc = cells.get(cell)
+        if acc is None:
+            acc = cells[cell] = [np.zeros((pred.shape[0], *(r.stop - r.start for r in region)), np.float32),
+                                 np.zeros([r.stop - r.start for r in region], np.float32), vcore[local]]
+        acc[0] += w[local] * core[(slice(None), *local)]
+        acc[1] += w[local]
+        remaining[cell] -= 1
+        if remaining[cell] == 0:
+            num, den, v = cells.pop(cell)
+            sink.write(region, num / den, v)
