@@ -71,7 +71,8 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
             scale: int = typer.Option(2, help="in-plane scale factor"),
             tile: int = typer.Option(256, help="tile size in input pixels"),
-            overlap: int = typer.Option(32, help="blending overlap between tiles, input pixels"),
+            overlap: Optional[int] = typer.Option(
+                None, help="blending overlap between tiles, input pixels [default: min(32, tile/4)]"),
             batch_size: int = typer.Option(4, help="tiles per model call"),
             device: str = typer.Option("auto", help=DEVICE_HELP),
             series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
@@ -81,6 +82,8 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
 
+    if overlap is None:
+        overlap = min(32, tile // 4)
     settings = Settings(model, scale, tile, overlap, batch_size, device)
     s = _run_with_progress(
         lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p),

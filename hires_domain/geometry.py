@@ -51,6 +51,11 @@ def world_of(affine: np.ndarray, index) -> np.ndarray:
     return idx @ affine[:-1, :s].T + affine[:-1, s]
 
 
+def index_of(affine: np.ndarray, world) -> np.ndarray:
+    """Array indices (..., S) of world points: the inverse of ``world_of`` (square affines)."""
+    return world_of(np.linalg.inv(np.asarray(affine, dtype=float)), world)
+
+
 def spacing(affine: np.ndarray) -> np.ndarray:
     """Pixel spacing along each spatial array axis (length of the affine's columns)."""
     affine = np.asarray(affine, dtype=float)
@@ -67,14 +72,14 @@ def directions(affine: np.ndarray) -> np.ndarray:
 
 def affine_from_transform(t: Affine) -> np.ndarray:
     """Centre affine (row, col) -> (x, y) from a rasterio/GDAL transform (rotation kept)."""
-    c = t * Affine.translation(0.5, 0.5)
+    c = t @ Affine.translation(0.5, 0.5)
     return np.array([[c.b, c.a, c.c], [c.e, c.d, c.f], [0.0, 0.0, 1.0]])
 
 
 def transform_from_affine(a: np.ndarray) -> Affine:
     """rasterio transform (corner convention) from a centre affine (row, col) -> (x, y)."""
     c = Affine(a[0, 1], a[0, 0], a[0, 2], a[1, 1], a[1, 0], a[1, 2])
-    return c * Affine.translation(-0.5, -0.5)
+    return c @ Affine.translation(-0.5, -0.5)
 
 
 # --- NIfTI: nibabel affines map (i, j, k) of the stored array; we hold it as (k, j, i) -----

@@ -154,8 +154,9 @@ def enhance_file(src, dst, settings: Settings = Settings(), series: str | None =
         out = check_size(image, settings.scale, streamed_to=dst)
         affine = geometry.upscaled_affine(image.affine, _factors(image, settings.scale))
         with io.atomic_output(dst) as tmp:
-            with RasterSink(tmp, (image.channels, *out), affine, image, provenance=settings.describe(),
-                            cog=cog) as sink:
+            meta = {**image.meta, "nodata": image.nodata}
+            with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,
+                            provenance=settings.describe(), cog=cog) as sink:
                 _drain(iter_enhance(image, sink, settings), progress)
             clipped = sink.clipped
     else:
