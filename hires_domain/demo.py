@@ -61,13 +61,15 @@ def run_demo(out_dir: Path, device: str = "auto", quiet: bool = False, console=N
         preview(src, dst, png)
         rows.append({"job": label, "input": s.input, "output": s.output, "model": s.model, "scale": s.scale,
                      "in_shape": list(s.in_shape), "out_shape": list(s.out_shape),
-                     "seconds": round(s.seconds, 2), "device": s.device, "preview": png.name})
+                     "seconds": round(s.seconds, 2), "device": s.device, "preview": png.name,
+                     "output_bytes": sum(f.stat().st_size for f in ([dst] if dst.is_file() else dst.iterdir()))})
         if console and not quiet:
             console.print(f"{label}: {s.in_shape} -> {s.out_shape} in {s.seconds:.1f} s -> {dst}")
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| job | model | input shape | output shape | seconds | device |", "|---|---|---|---|---|---|"]
+    lines = ["| job | model | input shape | output shape | output MiB | seconds | device |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['job']} | {r['model']} x{r['scale']} | {r['in_shape']} | {r['out_shape']} | "
-              f"{r['seconds']} | {r['device']} |" for r in rows]
+              f"{r['output_bytes'] / 2**20:.1f} | {r['seconds']} | {r['device']} |" for r in rows]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     if console and not quiet:
         console.print(f"summary: {out_dir / 'summary.md'}")

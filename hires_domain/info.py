@@ -73,6 +73,9 @@ def describe(path: Path, series: str | None = None) -> dict:
         "band_names": _band_names(image),
         "dtype": str(np.dtype(image.meta.get("dtype", getattr(image.data, "dtype", "float32")))),
     })
+    for key in ("scales", "offsets"):
+        if image.meta.get(key) is not None:
+            d[key] = list(image.meta[key])
     if image.crs:
         from rasterio.crs import CRS
 
@@ -97,6 +100,8 @@ def render(d: dict, console: Console) -> None:
     console.print(f"  spacing: {fmt(d['spacing'])}   origin ({d['world_frame']}): {fmt(d['origin'])}")
     if "crs" in d:
         console.print(f"  crs: {d['crs']}   nodata: {d['nodata']}")
+    if "scales" in d:
+        console.print(f"  per-band scale: {fmt(d['scales'])}   offset: {fmt(d.get('offsets') or [])}")
     it = d["intensity"]
     console.print(f"  intensity over {it['over']} (invalid {100 * it['invalid_fraction']:.1f}%):")
     for b in it["bands"]:
