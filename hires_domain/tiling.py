@@ -95,12 +95,13 @@ class TileSpec:
 
 
 def axis_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts along one axis: regular steps, the last tile flush with the edge."""
+    """Tile starts along one axis: the fewest tiles that overlap by at least ``overlap``,
+    spread evenly from 0 to flush with the edge (so no pair overlaps much more than the rest,
+    which would keep a whole extra tile row pending in memory)."""
     if tile >= n:
         return [0]
-    step = tile - overlap
-    starts = list(range(0, n - tile, step))
-    return starts + [n - tile]
+    count = math.ceil((n - overlap) / (tile - overlap))
+    return [round(i * (n - tile) / (count - 1)) for i in range(count)]
 
 
 def ramp_weights(n_out: int, lead: int, trail: int) -> np.ndarray:
