@@ -131,6 +131,13 @@ class _Axis:
         trail = (s + t - self.starts[i + 1]) * k if i + 1 < len(self.starts) else 0
         return ramp_weights(t * k, lead, trail)
 
+    def weight_sum(self) -> np.ndarray:
+        """Σ of every tile's weights along this axis, at output resolution."""
+        total = np.zeros(int(self.breaks[-1]), dtype=np.float64)
+        for i, s in enumerate(self.starts):
+            total[s * self.scale:(s + self.tile) * self.scale] += self.weights(i)
+        return total
+
     def coverage(self) -> np.ndarray:
         count = np.zeros(len(self.breaks) - 1, dtype=int)
         for i in range(len(self.starts)):
@@ -149,11 +156,8 @@ class TilePlan:
             starts = axis_starts(n, t, min(o, t - 1))
             breaks = sorted({s * k for s in starts} | {(s + t) * k for s in starts})
             self.axes.append(_Axis(starts, t, k, np.array(breaks)))
-        self.coverage = np.ones([len(a.breaks) - 1 for a in self.axes], dtype=int)
-        for d, a in enumerate(self.axes):
-            shape_d = [1] * len(self.axes)
-            shape_d[d] = -1
-            self.coverage = self.coverage * a.coverage().reshape(shape_d)
+        self.weight_sums = [a.weight_sum() for a in self.axes]
+        self.coverage = _outer([a.coverage() for a in self.axes], dtype=int)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -171,6 +175,21 @@ class TilePlan:
 
     def cell_region(self, cell: tuple[int, ...]) -> Region:
         return tuple(slice(int(a.breaks[c]), int(a.breaks[c + 1])) for a, c in zip(self.axes, cell))
+
+    def weight_total(self, region: Region) -> np.ndarray:
+        """Σ w over all tiles in ``region``: weights are separable, so this is an outer product
+        of per-axis sums and never needs to be accumulated pixel by pixel."""
+        return _outer([ws[r] for ws, r in zip(self.weight_sums, region)])
+
+
+def _outer(vectors: list[np.ndarray], dtype=np.float32) -> np.ndarray:
+    """Outer product of 1-D arrays as an N-d array."""
+    out = np.ones([len(v) for v in vectors], dtype=np.result_type(dtype, *vectors))
+    for d, v in enumerate(vectors):
+        shape = [1] * len(vectors)
+        shape[d] = -1
+        out = out * v.reshape(shape)
+    return out.astype(dtype)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -260,23 +279,17 @@ def _blend_tile(plan, t, pred, valid, cells, remaining, sink) -> None:
     vcore = valid[tuple(slice(s - r.start, s - r.start + a.tile) for s, r, a in zip(starts, read, plan.axes))]
     for d, kk in enumerate(k):  # output pixel valid iff the input pixel under its centre is
         vcore = np.repeat(vcore, kk, axis=d)
-    w = np.ones(size, dtype=np.float64)
-    for d, (a, i) in enumerate(zip(plan.axes, t)):
-        shape_d = [1] * len(size)
-        shape_d[d] = -1
-        w = w * a.weights(i).reshape(shape_d)
-    w = w.astype(np.float32)
+    w = _outer([a.weights(i) for a, i in zip(plan.axes, t)])
     origin = [s * kk for s, kk in zip(starts, k)]
     for cell in itertools.product(*(a.cells(i) for a, i in zip(plan.axes, t))):
         region = plan.cell_region(cell)
         local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
-        acc = cells.get(cell)
-        if acc is None:
-            acc = cells[cell] = [np.zeros((pred.shape[0], *(r.stop - r.start for r in region)), np.float32),
-                                 np.zeros([r.stop - r.start for r in region], np.float32), vcore[local]]
-        acc[0] += w[local] * core[(slice(None), *local)]
-        acc[1] += w[local]
+        contribution = w[local] * core[(slice(None), *local)]
+        if cell in cells:
+            cells[cell][0] += contribution
+        else:
+            cells[cell] = [contribution, vcore[local]]
         remaining[cell] -= 1
         if remaining[cell] == 0:
-            num, den, v = cells.pop(cell)
-            sink.write(region, num / den, v)
+            num, valid = cells.pop(cell)
+            sink.write(region, num / plan.weight_total(region), valid)

@@ -122,3 +122,14 @@ def test_demo_runs_on_bundled_samples(tmp_path):
     assert ds.ImageType[0] == "DERIVED" and "model=bicubic" in ds.DerivationDescription
     for p in (tmp_path / "demo" / "ct_series_x2").glob("*.dcm"):
         assert dciodvfy_errors(p) == [], p
+
+
+def test_streamed_geotiff_is_not_bloated(samples, tmp_path):
+    """Each compressed block is written once: re-encoding the output does not shrink it."""
+    import rasterio.shutil
+
+    out = tmp_path / "x4.tif"
+    hd.enhance_file(samples / "s2_crop.tif", out, S("bicubic", 4, 40, 8, device="cpu"))
+    rasterio.shutil.copy(out, tmp_path / "copy.tif", driver="GTiff", tiled=True, blockxsize=256,
+                         blockysize=256, compress="deflate", predictor=2)
+    assert out.stat().st_size <= 1.02 * (tmp_path / "copy.tif").stat().st_size

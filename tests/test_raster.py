@@ -12,6 +12,7 @@ import torch
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
+from hires_domain.io import raster
 from hires_domain import geometry, tiling
 from hires_domain.errors import HiresError
 from hires_domain.io.raster import RasterSink, RasterSource, read_raster, write_raster
@@ -61,7 +62,7 @@ def test_round_trip_keeps_pixels_and_metadata(tmp_path):
         tags = b.tags()
         assert tags.pop("HIRES_PROVENANCE") == "x1 identity"
         assert tags == a.tags() and "Sentinel-2 L1C" in tags["SOURCE"]
-        assert (b.profile["blockxsize"], b.profile["compress"]) == (512, "deflate")
+        assert (b.profile["blockxsize"], b.profile["compress"]) == (raster.BLOCK, "deflate")
 
 
 @pytest.mark.parametrize("k", [2, 4])

@@ -28,7 +28,7 @@ from ..errors import HiresError
 from ..image import Image
 from ..tiling import ArraySource, Region
 
-BLOCK = 512
+BLOCK = 256  # output block size; also the height of the strips buffered before writing
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
 _DROPPED_NAMESPACES = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 
@@ -140,6 +140,31 @@ def read_raster(path) -> Image:
         )
 
 
+class _Strips:
+    """Full-width strips ``rows`` high, filled by windows in any order; complete ones are returned."""
+
+    def __init__(self, shape, dtype, rows: int):
+        self.shape, self.dtype, self.rows = shape, dtype, rows
+        self.pending: dict[int, list] = {}
+
+    def add(self, region: Region, data: np.ndarray, valid: np.ndarray):
+        rows, cols = region
+        bands, height, width = self.shape
+        for start in range((rows.start // self.rows) * self.rows, rows.stop, self.rows):
+            stop = min(start + self.rows, height)
+            if start not in self.pending:
+                self.pending[start] = [np.empty((bands, stop - start, width), self.dtype),
+                                       np.empty((stop - start, width), bool), 0]
+            entry = self.pending[start]
+            r0, r1 = max(rows.start, start), min(rows.stop, stop)
+            entry[0][:, r0 - start:r1 - start, cols] = data[:, r0 - rows.start:r1 - rows.start]
+            entry[1][r0 - start:r1 - start, cols] = valid[r0 - rows.start:r1 - rows.start]
+            entry[2] += (r1 - r0) * (cols.stop - cols.start)
+            if entry[2] == (stop - start) * width:
+                del self.pending[start]
+                yield start, entry[0], entry[1]
+
+
 class RasterSink:
     """A ``tiling.Sink`` that writes each finished window straight into a tiled GeoTIFF.
 
@@ -167,6 +192,7 @@ class RasterSink:
         self._mask = self.nodata is None and self.dtype.kind != "f" and not self._alpha
         self._tiled = self.path.with_name(f".{self.path.stem}.tiled.tif") if cog else self.path
         self._dst = self._env = None
+        self._strips = _Strips(self.shape, self.dtype, BLOCK)
 
     def _per_band(self, key):
         values = self.meta.get(key)
@@ -210,13 +236,19 @@ class RasterSink:
             dst.update_tags(b, **tags)
 
     def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
-        window = _window(region)
-        try:
-            self._dst.write(self._convert(data, valid), window=window)
-            if self._mask:
-                self._dst.write_mask(valid.astype(np.uint8) * 255, window=window)
-        except RasterioError as e:
-            raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
+        """Buffer a finished window; write each full-width strip of blocks once it is complete.
+
+        GDAL compresses and appends a block again every time a write touches part of it, so
+        writing tiler cells directly would bloat the file; whole strips are written exactly once.
+        """
+        for row0, strip, strip_valid in self._strips.add(region, self._convert(data, valid), valid):
+            window = Window(0, row0, self.shape[2], strip.shape[1])
+            try:
+                self._dst.write(strip, window=window)
+                if self._mask:
+                    self._dst.write_mask(strip_valid.astype(np.uint8) * 255, window=window)
+            except RasterioError as e:
+                raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
 
     def _convert(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         fill = self.nodata if self.nodata is not None else (np.nan if self.dtype.kind == "f" else 0)
