@@ -5,12 +5,11 @@ bundled Sentinel-2 crop) in a temporary directory, then runs, in a fresh process
 
     hires enhance in.tif out.tif --model bicubic --scale 4 --tile 256 --overlap 32 --quiet
 
-(``--direct`` instead wires RasterSource → tiling.iter_tiled → RasterSink with the same
-TileSpec, without the CLI). Peak RSS is the kernel's high-water mark of that process
+Peak RSS is the kernel's high-water mark of that process
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` read by a wrapper process that runs only it).
 Requirement: the 4096² peak within 1.2× the 2048² peak and under 1.5 GiB.
 
-    python benchmarks/memory_streaming.py [--direct] [--sizes 2048 4096] [--json results.json]
+    python benchmarks/memory_streaming.py [--sizes 2048 4096] [--json results.json]
 """
 
 from __future__ import annotations
@@ -50,31 +49,9 @@ def make_input(path: Path, size: int) -> None:
             dst.write(row, window=rasterio.windows.Window(0, i * n, size, n))
 
 
-def direct(src: str, dst: str) -> None:
-    """The streaming pipeline without the CLI (RasterSource → iter_tiled → RasterSink)."""
-    import torch
-
-    from hires_domain import geometry, tiling
-    from hires_domain.io.raster import RasterSink, read_raster
-
-    image = read_raster(src)
-    spec = tiling.TileSpec(tile=(256, 256), overlap=(32, 32), halo=(4, 4), scale=(4, 4))
-    shape = (image.channels, *(4 * n for n in image.spatial_shape))
-
-    def predict(x):
-        return torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
-
-    with RasterSink(dst, shape, geometry.upscaled_affine(image.affine, 4), image.meta, crs=image.crs) as sink:
-        for _ in tiling.iter_tiled(image.data, sink, predict, spec):
-            pass
-
-
-def measure(src: Path, dst: Path, use_direct: bool) -> dict:
-    if use_direct:
-        cmd = [sys.executable, __file__, "--run-direct", str(src), str(dst)]
-    else:
-        cmd = [sys.executable, "-m", "hires_domain", "enhance", str(src), str(dst), "--model", "bicubic",
-               "--scale", "4", "--tile", "256", "--overlap", "32", "--quiet"]
+def measure(src: Path, dst: Path) -> dict:
+    cmd = [sys.executable, "-m", "hires_domain", "enhance", str(src), str(dst), "--model", "bicubic",
+           "--scale", "4", "--tile", "256", "--overlap", "32", "--quiet"]
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -85,26 +62,20 @@ def measure(src: Path, dst: Path, use_direct: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
-    parser.add_argument("--direct", action="store_true", help="bypass the CLI (tiler + RasterSink only)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--run-direct", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run_direct:
-        direct(*args.run_direct)
-        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="hires-mem-") as tmp:
         for size in args.sizes:
             src, dst = Path(tmp) / f"in_{size}.tif", Path(tmp) / f"out_{size}.tif"
             make_input(src, size)
-            rows.append({"size": size, "input_bytes": src.stat().st_size, **measure(src, dst, args.direct)})
+            rows.append({"size": size, "input_bytes": src.stat().st_size, **measure(src, dst)})
             dst.unlink()
     peaks = [r["peak_rss_mib"] for r in rows]
     ratio = peaks[-1] / peaks[0]
     ok = ratio <= MAX_RATIO and max(peaks) <= MAX_PEAK_MIB
     result = {
-        "command": "direct (RasterSource → iter_tiled → RasterSink)" if args.direct else
-                   "hires enhance in.tif out.tif --model bicubic --scale 4 --tile 256 --overlap 32 --quiet",
+        "command": "hires enhance in.tif out.tif --model bicubic --scale 4 --tile 256 --overlap 32 --quiet",
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, "
                    f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM, Python {platform.python_version()}",
         "rows": rows, "ratio_largest_to_smallest": round(ratio, 3), "pass": ok,

@@ -12,6 +12,7 @@ CT_WINDOWS = {
     "lung": (-600.0, 1500.0),
     "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
+    "hu": (1023.5, 4095.0),  # raw HU: the full 12-bit CT range -1024..3071
 }
 
 

@@ -57,16 +57,27 @@ def domain_of(image: Image) -> str:
     return "raster" if image.kind == "raster" else "medical"
 
 
-def _plan(image: Image, model: Model, s: Settings) -> tuple[tiling.TileSpec, Callable]:
-    """TileSpec over the image's spatial axes; a 2-D model runs slice by slice on volumes."""
+def output_block(scale: int) -> int:
+    """GeoTIFF block size for a ×scale output: 64·scale, so tiles aligned to 64 input pixels
+    finish whole blocks (a multiple of 16, as TIFF requires)."""
+    return 64 * scale
+
+
+def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> tuple[tiling.TileSpec, Callable]:
+    """TileSpec over the image's spatial axes; a 2-D model runs slice by slice on volumes.
+
+    ``block``: the writer's output block size; tiles then start on multiples of block/scale so
+    that finished cells are whole blocks (written once, without buffering).
+    """
     model.check(s.scale, image.channels, domain_of(image))
     if s.tile < 1 or s.overlap < 0 or s.overlap >= s.tile:
         raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={s.tile} overlap={s.overlap}")
     lead = len(image.spatial_shape) - 2
     h = model.info.halo
+    a = block // s.scale if block and block % s.scale == 0 else 1
     spec = tiling.TileSpec(
         tile=(1,) * lead + (s.tile, s.tile), overlap=(0,) * lead + (s.overlap, s.overlap),
-        halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale))
+        halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))
 
     def predict(x):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
@@ -109,7 +120,7 @@ def check_size(image: Image, scale: int, streamed_to: Path | None = None) -> tup
 def iter_enhance(image: Image, sink: tiling.Sink, s: Settings) -> Iterator[tuple[int, int]]:
     """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total)."""
     model = get_model(s.model)
-    spec, predict = _plan(image, model, s)
+    spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
     device = tiling.resolve_device(s.device)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
     yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
@@ -139,6 +150,15 @@ def enhance_file(src, dst, settings: Settings = Settings(), series: str | None =
     """Read ``src``, enhance, write ``dst`` atomically; rasters stream window by window."""
     src, dst = Path(src), Path(dst)
     image = io.read(src, series=series)
+    try:
+        return _enhance_image_to(image, src, dst, settings, overwrite, cog, progress)
+    finally:
+        if hasattr(image.data, "close"):
+            image.data.close()
+
+
+def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, overwrite: bool, cog: bool,
+                      progress: Progress | None) -> Summary:
     kind = io.output_kind(image, dst)
     io.check_output(dst, overwrite, src=src)
     if cog and kind != "raster":
@@ -156,7 +176,7 @@ def enhance_file(src, dst, settings: Settings = Settings(), series: str | None =
         with io.atomic_output(dst) as tmp:
             meta = {**image.meta, "nodata": image.nodata}
             with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,
-                            provenance=settings.describe(), cog=cog) as sink:
+                            provenance=settings.describe(), cog=cog, block=output_block(settings.scale)) as sink:
                 _drain(iter_enhance(image, sink, settings), progress)
             clipped = sink.clipped
     else:

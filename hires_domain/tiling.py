@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
@@ -92,16 +93,22 @@ class TileSpec:
     overlap: tuple[int, ...]
     halo: tuple[int, ...]
     scale: tuple[int, ...]
+    align: tuple[int, ...] | None = None  # tile starts are multiples of this (input pixels)
 
 
-def axis_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts along one axis: the fewest tiles that overlap by at least ``overlap``,
-    spread evenly from 0 to flush with the edge (so no pair overlaps much more than the rest,
-    which would keep a whole extra tile row pending in memory)."""
-    if tile >= n:
-        return [0]
-    count = math.ceil((n - overlap) / (tile - overlap))
-    return [round(i * (n - tile) / (count - 1)) for i in range(count)]
+def axis_starts(n: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Tile starts along one axis: a uniform step of ``tile − overlap`` rounded down to a
+    multiple of ``align`` (kept when that leaves a positive step), until the image is covered.
+
+    Every neighbouring pair overlaps by the same amount (at least ``overlap``), so the band of
+    unfinished output never grows beyond one overlap; the last tile is clipped at the edge.
+    Aligned starts put every cell boundary on the writer's block grid.
+    """
+    step = (tile - overlap) // align * align or tile - overlap
+    starts = [0]
+    while starts[-1] + tile < n:
+        starts.append(starts[-1] + step)
+    return starts
 
 
 def ramp_weights(n_out: int, lead: int, trail: int) -> np.ndarray:
@@ -116,26 +123,37 @@ def ramp_weights(n_out: int, lead: int, trail: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Axis:
+    n: int
     starts: list[int]
     tile: int
     scale: int
-    breaks: np.ndarray  # output-grid cell boundaries
+
+    def extent(self, i: int) -> int:
+        """Length of tile ``i`` (the last one is clipped at the edge)."""
+        return min(self.tile, self.n - self.starts[i])
+
+    @cached_property
+    def breaks(self) -> np.ndarray:
+        """Output-grid cell boundaries: every tile start and end."""
+        k = self.scale
+        return np.array(sorted({s * k for s in self.starts} | {(s + self.extent(i)) * k
+                                                                for i, s in enumerate(self.starts)}))
 
     def cells(self, i: int) -> range:
-        s, e = self.starts[i] * self.scale, (self.starts[i] + self.tile) * self.scale
+        s, e = self.starts[i] * self.scale, (self.starts[i] + self.extent(i)) * self.scale
         return range(int(np.searchsorted(self.breaks, s)), int(np.searchsorted(self.breaks, e)))
 
     def weights(self, i: int) -> np.ndarray:
-        s, k, t = self.starts[i], self.scale, self.tile
-        lead = (self.starts[i - 1] + t - s) * k if i > 0 else 0
-        trail = (s + t - self.starts[i + 1]) * k if i + 1 < len(self.starts) else 0
-        return ramp_weights(t * k, lead, trail)
+        s, k = self.starts[i], self.scale
+        lead = (self.starts[i - 1] + self.extent(i - 1) - s) * k if i > 0 else 0
+        trail = (s + self.extent(i) - self.starts[i + 1]) * k if i + 1 < len(self.starts) else 0
+        return ramp_weights(self.extent(i) * k, lead, trail)
 
     def weight_sum(self) -> np.ndarray:
         """Σ of every tile's weights along this axis, at output resolution."""
-        total = np.zeros(int(self.breaks[-1]), dtype=np.float64)
+        total = np.zeros(self.n * self.scale, dtype=np.float64)
         for i, s in enumerate(self.starts):
-            total[s * self.scale:(s + self.tile) * self.scale] += self.weights(i)
+            total[s * self.scale:(s + self.extent(i)) * self.scale] += self.weights(i)
         return total
 
     def coverage(self) -> np.ndarray:
@@ -151,11 +169,10 @@ class TilePlan:
     def __init__(self, shape: tuple[int, ...], spec: TileSpec):
         self.shape, self.spec = shape, spec
         self.axes = []
-        for n, t, o, k in zip(shape, spec.tile, spec.overlap, spec.scale):
+        align = spec.align or (1,) * len(shape)
+        for n, t, o, k, a in zip(shape, spec.tile, spec.overlap, spec.scale, align):
             t = min(t, n)
-            starts = axis_starts(n, t, min(o, t - 1))
-            breaks = sorted({s * k for s in starts} | {(s + t) * k for s in starts})
-            self.axes.append(_Axis(starts, t, k, np.array(breaks)))
+            self.axes.append(_Axis(n, axis_starts(n, t, min(o, t - 1), a), t, k))
         self.weight_sums = [a.weight_sum() for a in self.axes]
         self.coverage = _outer([a.coverage() for a in self.axes], dtype=int)
 
@@ -169,7 +186,7 @@ class TilePlan:
     def read_region(self, tile: tuple[int, ...]) -> Region:
         """Input window of a tile including its halo, clipped to the image."""
         return tuple(
-            slice(max(0, a.starts[i] - h), min(n, a.starts[i] + a.tile + h))
+            slice(max(0, a.starts[i] - h), min(n, a.starts[i] + a.extent(i) + h))
             for a, i, h, n in zip(self.axes, tile, self.spec.halo, self.shape)
         )
 
@@ -274,9 +291,10 @@ def _blend_tile(plan, t, pred, valid, cells, remaining, sink) -> None:
     # crop the halo away (output coordinates relative to the read window)
     starts = [a.starts[i] for a, i in zip(plan.axes, t)]
     off = [(s - r.start) * kk for s, r, kk in zip(starts, read, k)]
-    size = [a.tile * kk for a, kk in zip(plan.axes, k)]
+    extents = [a.extent(i) for a, i in zip(plan.axes, t)]
+    size = [e * kk for e, kk in zip(extents, k)]
     core = pred[(slice(None), *(slice(o, o + n) for o, n in zip(off, size)))]
-    vcore = valid[tuple(slice(s - r.start, s - r.start + a.tile) for s, r, a in zip(starts, read, plan.axes))]
+    vcore = valid[tuple(slice(s - r.start, s - r.start + e) for s, r, e in zip(starts, read, extents))]
     for d, kk in enumerate(k):  # output pixel valid iff the input pixel under its centre is
         vcore = np.repeat(vcore, kk, axis=d)
     w = _outer([a.weights(i) for a, i in zip(plan.axes, t)])

@@ -286,5 +286,6 @@ def test_weights_status_finds_files_in_search_order(no_weights, tmp_path, monkey
 def test_render_weights_status_lines(no_weights):
     lines = W.render_weights_status(W.weights_status(no_weights))
     assert lines[0] == "LPIPS (alex): UNAVAILABLE"
-    assert f"  {ALEX}: not found" in lines and "  package torch-fidelity: missing (pip install torch-fidelity)" in lines
+    assert f"  {ALEX}: not found (download: https://download.pytorch.org/models/{ALEX})" in lines
+    assert "  package torch-fidelity: missing (pip install torch-fidelity)" in lines
     assert lines[-1].startswith("searched: ")

@@ -69,13 +69,25 @@ def test_volume_slice_wise_plan():
     assert len(plan.tiles()) == 5 * 4 * 4
 
 
-def test_axis_starts_cover_and_end_flush():
-    for n, t, o in [(100, 32, 8), (33, 32, 8), (32, 32, 8), (10, 32, 8), (1000, 256, 32)]:
-        s = tiling.axis_starts(n, min(t, n), o)
-        assert s[0] == 0 and s[-1] + min(t, n) == n
-        steps = [b - a for a, b in zip(s, s[1:])]
-        assert all(0 < st <= t - o for st in steps)  # overlap at least o
-        assert not steps or max(steps) - min(steps) <= 1  # spread evenly
+@pytest.mark.parametrize("n,t,o,a", [(100, 32, 8, 1), (33, 32, 8, 1), (32, 32, 8, 1), (10, 10, 3, 1),
+                                     (1000, 256, 32, 64), (4096, 256, 32, 64), (2048, 256, 32, 128),
+                                     (300, 40, 30, 64)])
+def test_axis_starts_cover_with_uniform_overlap(n, t, o, a):
+    s = tiling.axis_starts(n, t, o, a)
+    assert s[0] == 0 and s[-1] + t >= n and s[-1] < n
+    if len(s) > 1:
+        assert s[-2] + t < n  # no tile is redundant
+    steps = {b - c for b, c in zip(s[1:], s)}
+    assert len(steps) <= 1 and all(0 < st <= t - o for st in steps)  # same overlap everywhere, >= o
+    if (t - o) >= a:
+        assert all(st % a == 0 for st in steps)
+
+
+def test_aligned_plan_puts_cells_on_the_block_grid():
+    plan = tiling.TilePlan((1000, 700), tiling.TileSpec((256, 256), (32, 32), (2, 2), (4, 4), align=(64, 64)))
+    for a in plan.axes:
+        inner = a.breaks[a.breaks < a.n * a.scale]
+        assert all(b % 256 == 0 for b in inner)
 
 
 def test_ramp_weights_are_complementary():

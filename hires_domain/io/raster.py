@@ -28,7 +28,7 @@ from ..errors import HiresError
 from ..image import Image
 from ..tiling import ArraySource, Region
 
-BLOCK = 256  # output block size; also the height of the strips buffered before writing
+BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
 _DROPPED_NAMESPACES = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 
@@ -180,7 +180,7 @@ class RasterSink:
     """
 
     def __init__(self, path, shape, affine, meta: dict, crs: str | None = None,
-                 provenance: str = "", cog: bool = False):
+                 provenance: str = "", cog: bool = False, block: int = BLOCK):
         self.path, self.shape, self.affine = Path(path), tuple(shape), np.asarray(affine)
         self.meta, self.crs, self.provenance, self.cog = meta, crs, provenance, cog
         self.dtype = np.dtype(meta.get("dtype", "float32"))
@@ -192,7 +192,8 @@ class RasterSink:
         self._mask = self.nodata is None and self.dtype.kind != "f" and not self._alpha
         self._tiled = self.path.with_name(f".{self.path.stem}.tiled.tif") if cog else self.path
         self._dst = self._env = None
-        self._strips = _Strips(self.shape, self.dtype, BLOCK)
+        self.block = block
+        self._strips = _Strips(self.shape, self.dtype, block)
 
     def _per_band(self, key):
         values = self.meta.get(key)
@@ -206,7 +207,7 @@ class RasterSink:
             self._dst = rasterio.open(
                 self._tiled, "w", driver="GTiff", width=width, height=height, count=count,
                 dtype=self.dtype, crs=self.crs, transform=geometry.transform_from_affine(self.affine),
-                nodata=self.nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate",
+                nodata=self.nodata, tiled=True, blockxsize=self.block, blockysize=self.block, compress="deflate",
                 predictor=3 if self.dtype.kind == "f" else 2, bigtiff="IF_SAFER")
         except RasterioError as e:
             self._env.__exit__(None, None, None)
@@ -236,19 +237,34 @@ class RasterSink:
             dst.update_tags(b, **tags)
 
     def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
-        """Buffer a finished window; write each full-width strip of blocks once it is complete.
+        """Write a finished window so that every compressed block is written exactly once.
 
-        GDAL compresses and appends a block again every time a write touches part of it, so
-        writing tiler cells directly would bloat the file; whole strips are written exactly once.
+        GDAL compresses and appends a block again each time a write touches part of it (the
+        file would bloat), so windows on the block grid go straight to disk and any other
+        window waits in a full-width strip until the strip is complete. The tiler aligns its
+        tiles to ``block`` (``align`` in ``TileSpec``) so that strips are the exception.
         """
-        for row0, strip, strip_valid in self._strips.add(region, self._convert(data, valid), valid):
-            window = Window(0, row0, self.shape[2], strip.shape[1])
-            try:
-                self._dst.write(strip, window=window)
-                if self._mask:
-                    self._dst.write_mask(strip_valid.astype(np.uint8) * 255, window=window)
-            except RasterioError as e:
-                raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
+        out = self._convert(data, valid)
+        if self._on_block_grid(region):
+            self._write(region, out, valid)
+            return
+        for row0, strip, strip_valid in self._strips.add(region, out, valid):
+            self._write((slice(row0, row0 + strip.shape[1]), slice(0, self.shape[2])), strip, strip_valid)
+
+    def _on_block_grid(self, region: Region) -> bool:
+        """True when ``region`` covers whole blocks (or runs to the raster's edge)."""
+        b = self.block
+        return all(r.start % b == 0 and (r.stop % b == 0 or r.stop == n)
+                   for r, n in zip(region, self.shape[1:]))
+
+    def _write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
+        window = _window(region)
+        try:
+            self._dst.write(data, window=window)
+            if self._mask:
+                self._dst.write_mask(valid.astype(np.uint8) * 255, window=window)
+        except RasterioError as e:
+            raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
 
     def _convert(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         fill = self.nodata if self.nodata is not None else (np.nan if self.dtype.kind == "f" else 0)

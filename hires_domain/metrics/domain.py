@@ -33,12 +33,14 @@ def sam(pred: np.ndarray, ref: np.ndarray, mask=None) -> float | None:
     vector is zero (the angle is undefined there); invariant to per-pixel brightness."""
     mask = _check(pred, ref, mask)
     p, r = pred[:, mask].astype(np.float64), ref[:, mask].astype(np.float64)
-    norms = np.linalg.norm(p, axis=0) * np.linalg.norm(r, axis=0)
-    ok = norms > 0
+    np_, nr = np.linalg.norm(p, axis=0), np.linalg.norm(r, axis=0)
+    ok = (np_ > 0) & (nr > 0)
     if not ok.any():
         return None
-    cos = np.clip((p[:, ok] * r[:, ok]).sum(axis=0) / norms[ok], -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)).mean())
+    u, v = p[:, ok] / np_[ok], r[:, ok] / nr[ok]
+    # 2·atan2(|u−v|, |u+v|): exact near 0 where arccos of the cosine loses precision
+    angle = 2 * np.arctan2(np.linalg.norm(u - v, axis=0), np.linalg.norm(u + v, axis=0))
+    return float(np.degrees(angle).mean())
 
 
 def ergas(pred: np.ndarray, ref: np.ndarray, scale: float, mask=None) -> float | None:
@@ -71,7 +73,8 @@ def flat_windows(image: np.ndarray, mask=None) -> np.ndarray:
 
     Rule: cut each slice into non-overlapping 8x8 windows; keep windows that are fully valid,
     not air (mean ≥ −500 HU) and not constant (std > 0: padding or clipped values); rank them by
-    mean gradient magnitude (Gaussian derivative, σ = 1 px, in-plane) and keep the lowest decile.
+    their largest gradient magnitude (Gaussian derivative, σ = 1 px, in-plane; the largest, so a
+    window an edge crosses anywhere is not flat) and keep the lowest decile.
     """
     band = image[0].astype(np.float64)
     mask = np.ones(band.shape, bool) if mask is None else np.asarray(mask, bool)
@@ -90,7 +93,7 @@ def flat_windows(image: np.ndarray, mask=None) -> np.ndarray:
     out = np.zeros(band.shape, bool)
     if not eligible.any():
         return out
-    g = gb.mean(-1)
+    g = gb.max(-1)
     chosen = eligible & (g <= np.percentile(g[eligible], FLAT_DECILE))
     out[..., :h, :wd] = np.repeat(np.repeat(chosen, w, axis=-2), w, axis=-1)
     return out

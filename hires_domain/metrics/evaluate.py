@@ -112,18 +112,19 @@ def _load(image: Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scale_from_lr(pred: Image, lr: Image, scale: int | None) -> int:
+    """The integer in-plane factor from LR to prediction; refuses an LR on any other grid."""
     f = [p / q for p, q in zip(pred.spatial_shape, lr.spatial_shape)]
-    ok = len(f) == len(lr.spatial_shape) and all(v == int(v) for v in f) and f[-1] == f[-2] \
-        and all(v == 1 for v in f[:-2])
-    if not ok:
-        raise HiresError(f"LR grid {_grid_text(lr)} is not the prediction grid {_grid_text(pred)} "
-                         "divided by one integer in-plane factor")
     k = int(f[-1])
+    factors = (1,) * (len(f) - 2) + (k, k)
+    tol = GRID_ATOL * float(np.min(pred.spacing))
+    if len(pred.spatial_shape) != len(lr.spatial_shape) or k < 1 or list(factors) != f \
+            or (lr.kind == "raster" and not _same_crs(lr, pred)) \
+            or not np.allclose(geometry.upscaled_affine(_affine_in(lr, pred.frame), factors), pred.affine,
+                               rtol=0, atol=tol):
+        raise HiresError(f"LR grid {_grid_text(lr)} is not the prediction grid {_grid_text(pred)} "
+                         "coarsened by one integer in-plane factor (same footprint and CRS)")
     if scale is not None and scale != k:
         raise HiresError(f"scale {scale} given but the LR input implies x{k}")
-    check_same_grid(replace(lr, data=np.broadcast_to(np.float32(0), (lr.channels, *pred.spatial_shape)),
-                            affine=geometry.upscaled_affine(lr.affine, (1,) * (len(f) - 2) + (k, k))),
-                    pred, what=f"LR input (x{k})")
     return k
 
 
@@ -165,8 +166,9 @@ def evaluate_pair(pred: Image, ref: Image, lr: Image | None = None, window: str 
     instead of a ``window``/the default range. ``resample``: put ``pred`` on ``ref``'s grid first
     instead of refusing a different grid. ``scale``: SR factor (inferred from ``lr``). ``tiling``:
     ``{'tile': t, 'overlap': o}`` of the run that made ``pred``, for the seam score.
-    ``perceptual(pred, ref, settings)``: optional callable adding LPIPS/FID entries (arrays in
-    metric units, channels first).
+    ``perceptual(pred, ref, settings)``: optional callable adding LPIPS/FID entries; it gets the
+    selected bands only, in metric units (windowed HU / reflectance), channels first, and the
+    settings plus ``kind`` (the reference's) and ``valid`` (the spatial mask array).
     """
     if resample:
         try:
@@ -221,5 +223,5 @@ def evaluate_pair(pred: Image, ref: Image, lr: Image | None = None, window: str 
         m["seam_score"] = _entry(domain.seam_score(p, t, o, scale, mask), "", "lower (1 = no seams)",
                                  tile=t, overlap=o)
     if perceptual is not None:
-        m.update(perceptual(p, r, settings))
+        m.update(perceptual(p, r, {**settings, "kind": ref.kind, "valid": mask}))
     return _clean({"settings": settings, "metrics": m})

@@ -19,7 +19,8 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 SSIM_WIN = 7  # scikit-image's default uniform window
 MS_SSIM_KERNEL = 11
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-MS_SSIM_MIN_SIDE = (MS_SSIM_KERNEL - 1) * 2 ** (len(MS_SSIM_BETAS) - 1) + 1  # 161
+# the coarsest scale (side // 16 after 4 halvings) must hold a whole 11-px window: side >= 176
+MS_SSIM_MIN_SIDE = MS_SSIM_KERNEL * 2 ** (len(MS_SSIM_BETAS) - 1)
 
 
 class Score(NamedTuple):
@@ -89,20 +90,20 @@ def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask=None) -> Sco
 def ms_ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask=None) -> Score:
     """Multi-scale SSIM (torchmetrics, 5 scales, 11-px Gaussian window), slice-wise for volumes.
 
-    None with a reason when a side is under 161 px (the 5th scale needs it) or pixels are
+    None with a reason when a side is under 176 px (the 5th scale, side/16, needs 11 px) or pixels are
     masked (MS-SSIM's downsampling pyramid cannot leave pixels out).
     """
     mask = _check(pred, ref, mask)
     if min(pred.shape[-2:]) < MS_SSIM_MIN_SIDE:
         return Score(None, [None] * len(pred), f"image {pred.shape[-2]}x{pred.shape[-1]} is under "
-                     f"{MS_SSIM_MIN_SIDE} px per side, too small for 5 scales with an 11-px window")
+                     f"{MS_SSIM_MIN_SIDE} px per side, too small for 5 scales with an 11-px window (side/16 >= 11)")
     if not mask.all():
         return Score(None, [None] * len(pred), "MS-SSIM cannot exclude masked/nodata pixels")
-    per_band = []
-    for p, r in zip(pred, ref):
-        planes = np.stack([a for a, _ in _ssim_planes(p, r)]), np.stack([b for _, b in _ssim_planes(p, r)])
-        tp, tr = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))[:, None] for x in planes)
-        v = multiscale_structural_similarity_index_measure(
-            tp, tr, data_range=float(data_range), kernel_size=MS_SSIM_KERNEL, betas=MS_SSIM_BETAS)
-        per_band.append(float(v))
+    # every 2-D plane (band × slice) in one float32 batch; per band, the mean over its slices
+    tp, tr = (torch.from_numpy(np.ascontiguousarray(x.reshape(-1, 1, *x.shape[-2:]), dtype=np.float32))
+              for x in (pred, ref))
+    values = multiscale_structural_similarity_index_measure(
+        tp, tr, data_range=float(data_range), kernel_size=MS_SSIM_KERNEL, betas=MS_SSIM_BETAS,
+        reduction="none").double().numpy().reshape(len(pred), -1)
+    per_band = [float(v) for v in values.mean(axis=1)]
     return Score(_mean(per_band), per_band)

@@ -120,7 +120,7 @@ def lpips_distance(pred_rgb, ref_rgb, net=None, *, backbone: str = "alex", weigh
     """
     if pred_rgb.shape != ref_rgb.shape:
         raise HiresError(f"LPIPS needs equal shapes, got {tuple(pred_rgb.shape)} and {tuple(ref_rgb.shape)}")
-    net = net or lpips_net(backbone, weights_dir)
+    net = lpips_net(backbone, weights_dir) if net is None else net
     with torch.no_grad():
         d = [net(pred_rgb[i:i + batch], ref_rgb[i:i + batch]).reshape(-1) for i in range(0, len(pred_rgb), batch)]
     return float(torch.cat(d).mean())
@@ -239,7 +239,7 @@ def fid(pred_images, ref_images, extractor=None, *, weights_dir=None, batch: int
     ``extractor``: ``uint8 (N, 3, H, W) -> (N, D)`` features, resizing as it needs; by default
     :func:`fid_extractor`. Each set needs at least 2 samples.
     """
-    extractor = extractor or fid_extractor(weights_dir)
+    extractor = fid_extractor(weights_dir) if extractor is None else extractor
     stats = []
     for images in (pred_images, ref_images):
         f = _features(images, extractor, batch)
@@ -255,6 +255,16 @@ def fid_metric(pred_list, ref_list, settings: dict, weights_dir=None, extractor=
     ``settings`` as in :func:`perceptual_metrics`, plus ``patch`` (size) and ``stride`` to use
     patches of each image instead of whole images (the way to get a set from one large image).
     """
+    unavailable = None
+    if extractor is None:
+        backbone = "inception-v3 (torch-fidelity), 2048 features, bilinear resize to 299 without antialias"
+        try:
+            extractor = fid_extractor(weights_dir)
+        except HiresError as exc:
+            unavailable = {"value": None, "status": "unavailable", "reason": str(exc),
+                           "missing": weights.metric_status("fid", weights_dir)["missing_files"]}
+    else:
+        backbone = getattr(extractor, "__name__", type(extractor).__name__)
     prep = _prep_kwargs(settings)
     size, stride = settings.get("patch"), settings.get("stride")
     pred = [prepare_rgb(a, **prep) for a in pred_list]
@@ -265,15 +275,8 @@ def fid_metric(pred_list, ref_list, settings: dict, weights_dir=None, extractor=
     source = ("one " if len(ref_list) == 1 else f"{len(ref_list)} ") + ("volume" if volumes else "image")
     source += "" if len(ref_list) == 1 else "s"
     what = f"patches of {size}x{size}" if size else ("slices" if volumes else "images")
-    entry = {"better": "lower", "bands": describe_bands(np.shape(ref_list[0])[0], prep["bands"]),
-             "set": f"{n} {what} from {source}"}
-    if extractor is None:
-        entry["backbone"] = "inception-v3 (torch-fidelity), 2048 features, bilinear resize to 299 without antialias"
-        try:
-            extractor = fid_extractor(weights_dir)
-        except HiresError as exc:
-            missing = weights.metric_status("fid", weights_dir)["missing_files"]
-            return {"fid": {**entry, "value": None, "status": "unavailable", "reason": str(exc), "missing": missing}}
-    else:
-        entry["backbone"] = getattr(extractor, "__name__", type(extractor).__name__)
+    entry = {"better": "lower", "backbone": backbone, "set": f"{n} {what} from {source}",
+             "bands": describe_bands(np.shape(ref_list[0])[0], prep["bands"])}
+    if unavailable:
+        return {"fid": {**entry, **unavailable}}
     return {"fid": {**entry, "value": fid(pred, ref, extractor), "status": "ok"}}

@@ -4,7 +4,8 @@ A ``DataRange`` says which values the metrics see and how wide their range is:
 
 - ``soft-tissue`` / ``lung`` / ``bone`` / ``brain`` (``intensity.CT_WINDOWS``): HU clipped to the
   window, range = window width;
-- ``hu``: raw HU clipped to the 12-bit CT range −1024..3071, range 4095;
+- ``hu`` (the default for medical images): raw HU clipped to the 12-bit CT range −1024..3071,
+  range 4095 (also in ``CT_WINDOWS``);
 - ``reflectance``: raster DN converted per band with ``DN·scale + offset`` (the file's
   scales/offsets; 1/10000 for uint16 DN without any), range 1.0, not clipped;
 - ``dn``: integer rasters other than uint16 without scales: the dtype's full range, not clipped;
@@ -21,7 +22,6 @@ from ..errors import HiresError
 from ..image import Image
 from ..intensity import CT_WINDOWS
 
-HU_RANGE = (-1024.0, 3071.0)
 DEFAULT_REFLECTANCE_SCALE = 1e-4
 
 
@@ -89,16 +89,13 @@ def resolve_range(image: Image, window: str | None = None, data_range=None) -> D
         return DataRange("explicit", lo, hi, f"explicit range {lo:g}..{hi:g} on stored values, clipped",
                          image.units)
     if image.kind != "raster":
-        units = "HU"
-        if window is None or window == "hu":
-            lo, hi = HU_RANGE
-            return DataRange("hu", lo, hi, f"raw HU clipped to {lo:g}..{hi:g} (range {hi - lo:g})", units)
-        if window not in CT_WINDOWS:
-            raise HiresError(f"unknown window '{window}'; known: {', '.join(CT_WINDOWS)}, hu")
-        c, w = CT_WINDOWS[window]
-        return DataRange(window, c - w / 2, c + w / 2,
-                         f"{window} window C{c:g}/W{w:g}: HU clipped to {c - w / 2:g}..{c + w / 2:g}, range {w:g}",
-                         units)
+        name = window or "hu"
+        if name not in CT_WINDOWS:
+            raise HiresError(f"unknown window '{name}'; known: {', '.join(CT_WINDOWS)}")
+        c, w = CT_WINDOWS[name]
+        lo, hi = c - w / 2, c + w / 2
+        what = "raw HU" if name == "hu" else f"{name} window C{c:g}/W{w:g}: HU"
+        return DataRange(name, lo, hi, f"{what} clipped to {lo:g}..{hi:g}, range {w:g}", "HU")
     if window is not None:
         raise HiresError(f"window '{window}' applies to CT; for rasters use the reflectance default or --range lo,hi")
     dtype = _dtype(image)

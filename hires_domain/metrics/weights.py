@@ -21,18 +21,19 @@ import torch
 
 ENV_VAR = "HIRES_WEIGHTS_DIR"
 
-# metric: (label, weight files, (import name, pip name) of the packages it needs)
+# metric: (label, {weight file: where its library downloads it from}, (import name, pip name) of
+# the packages it needs). LPIPS's linear heads ship inside torchmetrics
+# (functional/image/lpips_models/*.pth); its backbones come from torchvision's model zoo.
+_TORCHVISION = ("torchvision", "torchvision")
 REQUIREMENTS = {
-    # LPIPS linear heads ship inside torchmetrics (functional/image/lpips_models/*.pth);
-    # the backbone comes from torchvision's model zoo.
-    "lpips-alex": ("LPIPS (alex)", ("alexnet-owt-7be5be79.pth",), (("torchvision", "torchvision"),)),
-    "lpips-vgg": ("LPIPS (vgg)", ("vgg16-397923af.pth",), (("torchvision", "torchvision"),)),
-    # torch-fidelity 0.4's URL_INCEPTION_V3 (the TF FID Inception ported to PyTorch).
-    "fid": (
-        "FID (Inception-v3, 2048 features)",
-        ("weights-inception-2015-12-05-6726825d.pth",),
-        (("torch_fidelity", "torch-fidelity"), ("torchvision", "torchvision")),
-    ),
+    "lpips-alex": ("LPIPS (alex)", {"alexnet-owt-7be5be79.pth": "https://download.pytorch.org/models/"},
+                   (_TORCHVISION,)),
+    "lpips-vgg": ("LPIPS (vgg)", {"vgg16-397923af.pth": "https://download.pytorch.org/models/"},
+                  (_TORCHVISION,)),
+    "fid": ("FID (Inception-v3, 2048 features)",  # torch-fidelity 0.4's URL_INCEPTION_V3
+            {"weights-inception-2015-12-05-6726825d.pth":
+             "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"},
+            (("torch_fidelity", "torch-fidelity"), _TORCHVISION)),
 }
 
 
@@ -103,8 +104,9 @@ def render_weights_status(status: list[dict]) -> list[str]:
     lines = []
     for s in status:
         lines.append(f"{s['name']}: {'available' if s['available'] else 'UNAVAILABLE'}")
+        urls = REQUIREMENTS[s["metric"]][1]
         for f, path in s["files"].items():
-            lines.append(f"  {f}: {path or 'not found'}")
+            lines.append(f"  {f}: {path or 'not found (download: ' + urls[f] + f + ')'}")
         for pip in s["missing_packages"]:
             lines.append(f"  package {pip}: missing (pip install {pip})")
         if s["reason"]:
