@@ -96,6 +96,108 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
                   f"({s.model} x{s.scale}, {s.device}, {s.seconds:.1f} s)")
 
 
+def _ints(text: Optional[str], one_based: bool = True) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(v) - (1 if one_based else 0) for v in text.split(",")]
+    except ValueError:
+        raise HiresError(f"expected comma-separated integers, got '{text}'")
+
+
+def _range(text: Optional[str]) -> Optional[tuple[float, float]]:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise HiresError(f"--range needs lo,hi (two numbers), got '{text}'")
+    return lo, hi
+
+
+def _print_metrics(rows: list[tuple[str, dict]]) -> None:
+    """One row per metric, one column per model (n/a: see the JSON for the reason)."""
+    t = Table("metric", *[name for name, _ in rows], "unit", "better")
+    for k, first in rows[0][1].items():
+        values = [m.get(k, {}).get("value") for _, m in rows]
+        t.add_row(k, *["n/a" if v is None else f"{v:.4g}" for v in values], first.get("unit", ""),
+                  str(first.get("better", "")))
+    out.print(t)
+
+
+WINDOW_HELP = "CT window: soft-tissue, lung, bone, brain, or hu (raw HU, -1024..3071; the default)"
+BANDS_HELP = "1-based bands to compare, e.g. 3,2,1 (default all)"
+REPORT_OPTS = dict(json_path=typer.Option(None, "--json", help="write every number with its settings"),
+                   report=typer.Option(None, help="self-contained HTML report"),
+                   figures=typer.Option(None, help="directory for the report's PNG figures"))
+
+
+@app.command()
+def evaluate(pred: Path = typer.Argument(..., help="prediction file (or directory of files)"),
+             ref: Path = typer.Argument(..., help="reference file (or directory with the same file names)"),
+             lr: Optional[Path] = typer.Option(None, help="the LR input, for the consistency metrics"),
+             window: Optional[str] = typer.Option(None, help=WINDOW_HELP),
+             bands: Optional[str] = typer.Option(None, help=BANDS_HELP),
+             data_range: Optional[str] = typer.Option(None, "--range", help="explicit lo,hi on stored values"),
+             resample: bool = typer.Option(False, "--resample", help="resample the prediction onto the reference grid"),
+             tile: Optional[int] = typer.Option(None, help="tile size of the run that made PRED (seam score)"),
+             overlap: int = typer.Option(0, help="its overlap (seam score)"),
+             weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID backbone weights"),
+             json_path: Optional[Path] = REPORT_OPTS["json_path"], report: Optional[Path] = REPORT_OPTS["report"],
+             figures: Optional[Path] = REPORT_OPTS["figures"],
+             overwrite: bool = typer.Option(False, "--overwrite", help="replace existing JSON/report")):
+    """PSNR/SSIM/MS-SSIM, LPIPS/FID and domain metrics of PRED against REF (and LR)."""
+    from .evaluation import evaluate_paths, write_outputs
+
+    for p in (json_path, report):
+        if p:
+            from .io.common import check_output
+            check_output(p, overwrite)
+    result, figs = evaluate_paths(pred, ref, lr, window=window, bands=_ints(bands), data_range=_range(data_range),
+                                  resample=resample, tiling={"tile": tile, "overlap": overlap} if tile else None,
+                                  weights_dir=weights_dir)
+    write_outputs(result, figs, f"hires evaluate: {pred.name} vs {ref.name}", json_path, report, figures, overwrite)
+    _print_metrics([("prediction", result["metrics"])])
+
+
+@app.command()
+def benchmark(manifest: Path = typer.Argument(..., help='JSON manifest {"items": [{"id", "lr", "hr"}]}'),
+              models: str = typer.Option("bicubic,lanczos", help="comma-separated model names"),
+              window: Optional[str] = typer.Option(None, help=WINDOW_HELP),
+              bands: Optional[str] = typer.Option(None, help=BANDS_HELP),
+              tile: int = typer.Option(256, help="tile size"), overlap: int = typer.Option(32, help="overlap"),
+              device: str = typer.Option("auto", help=DEVICE_HELP),
+              weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID backbone weights"),
+              json_path: Optional[Path] = REPORT_OPTS["json_path"], report: Optional[Path] = REPORT_OPTS["report"],
+              figures: Optional[Path] = REPORT_OPTS["figures"],
+              overwrite: bool = typer.Option(False, "--overwrite", help="replace existing JSON/report")):
+    """Models side by side on a manifest of LR/HR pairs, against the same references."""
+    from .evaluation import benchmark as run_benchmark
+    from .evaluation import write_outputs
+    from .models import get_model
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for m in names:
+        get_model(m)
+    for p in (json_path, report):
+        if p:
+            from .io.common import check_output
+            check_output(p, overwrite)
+    result, figs = run_benchmark(manifest, names, window=window, bands=_ints(bands), tile=tile, overlap=overlap,
+                                 device=device, weights_dir=weights_dir)
+    write_outputs(result, figs, f"hires benchmark: {manifest.name}", json_path, report, figures, overwrite)
+    _print_metrics([(m, r["metrics"]) for m, r in result["models"].items()])
+
+
+@app.command()
+def weights(weights_dir: Optional[Path] = typer.Option(None, help="extra directory to search first")):
+    """Which LPIPS/FID backbone weights and packages are present (looked up offline only)."""
+    from .metrics.weights import render_weights_status, weights_status
+
+    for line in render_weights_status(weights_status(weights_dir)):
+        print(line)
+
+
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Models: name, family, domains, scales, bands and a short card."""

@@ -197,7 +197,7 @@ def write_html(path: Path, title: str, settings: dict, table_html: str,
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
            f"<h2>Metrics</h2>{table_html}<ul>{items}</ul><h2>Figures</h2>{figs}"
-           f"<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2, default=str))}</pre>"
+           f"<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2, default=str, ensure_ascii=False))}</pre>"
            f"</body></html>")
     Path(path).write_text(doc, encoding="utf-8")
     return Path(path)

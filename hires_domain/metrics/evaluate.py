@@ -87,7 +87,7 @@ def resample_to(pred: Image, ref: Image) -> Image:
     through the two affines. Pixels outside ``pred`` or next to its invalid pixels become NaN."""
     if pred.kind == "raster" and not _same_crs(pred, ref):
         raise HiresError("prediction CRS differs from the reference CRS; reproject it first")
-    data, valid = _load(pred)
+    data, valid = load_pixels(pred)
     data = np.where(valid, data, np.nan)
     idx = np.indices(ref.spatial_shape, dtype=np.float64).reshape(len(ref.spatial_shape), -1).T
     coords = geometry.index_of(_affine_in(pred, ref.frame), geometry.world_of(ref.affine, idx)).T
@@ -98,7 +98,7 @@ def resample_to(pred: Image, ref: Image) -> Image:
 
 # --- loading -------------------------------------------------------------------------------
 
-def _load(image: Image) -> tuple[np.ndarray, np.ndarray]:
+def load_pixels(image: Image) -> tuple[np.ndarray, np.ndarray]:
     """All pixels as float32 plus the valid mask (finite, not nodata, and the file's own masks)."""
     need = 4 * image.channels * math.prod(image.spatial_shape)
     if need > MAX_BYTES:
@@ -185,7 +185,7 @@ def evaluate_pair(pred: Image, ref: Image, lr: Image | None = None, window: str 
         raise HiresError(f"bands {idx} out of range: the images have {ref.channels} (0-based indices)")
     if lr is not None:
         scale = _scale_from_lr(pred, lr, scale)
-    (p_raw, p_ok), (r_raw, r_ok) = _load(pred), _load(ref)
+    (p_raw, p_ok), (r_raw, r_ok) = load_pixels(pred), load_pixels(ref)
     mask = p_ok & r_ok
     p_raw, r_raw = p_raw[idx], r_raw[idx]
     p, r = rng.apply(p_raw, pred, idx), rng.apply(r_raw, ref, idx)
@@ -206,7 +206,7 @@ def evaluate_pair(pred: Image, ref: Image, lr: Image | None = None, window: str 
         m["noise_std_flat"] = _entry(domain.flat_noise_std(p_raw, mask, reference=r_raw), "HU",
                                      "closer to ref_value", ref_value=domain.flat_noise_std(r_raw, mask))
     if lr is not None:
-        l_raw, l_ok = _load(lr)
+        l_raw, l_ok = load_pixels(lr)
         for ax in (-2, -1):
             l_ok = np.repeat(l_ok, scale, axis=ax)
         c = domain.consistency(p_raw, l_raw[idx], scale, w, mask & l_ok,
