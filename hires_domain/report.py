@@ -162,7 +162,8 @@ def _direction(rows, key) -> str:
     for _, m in rows:
         entry = m.get(key)
         if isinstance(entry, dict) and entry.get("better"):
-            return "↑ better" if entry["better"] == "higher" else "↓ better" if entry["better"] == "lower" else "≈1 best"
+            return {"higher": "↑ better", "lower": "↓ better", "closer to 1": "≈1 best"}.get(
+                entry["better"], html.escape(entry["better"]))
     return ""
 
 
@@ -180,7 +181,7 @@ def _is_best(rows, key, entry) -> bool:
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
-margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}
+margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 5px;text-align:right}th{background:#f4f4f4}
 td.best{font-weight:bold;background:#e8f5e9}.na{color:#999}img{max-width:100%}pre{background:#f8f8f8;
 padding:8px;overflow:auto}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"""
 
