@@ -105,6 +105,16 @@ def _ints(text: Optional[str], one_based: bool = True) -> Optional[list[int]]:
         raise HiresError(f"expected comma-separated integers, got '{text}'")
 
 
+def _names(text: str) -> list[str]:
+    """Comma-separated model names, each checked against the registry."""
+    from .models import get_model
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for m in names:
+        get_model(m)
+    return names
+
+
 def _range(text: Optional[str]) -> Optional[tuple[float, float]]:
     if not text:
         return None
@@ -142,6 +152,8 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction file (or director
              resample: bool = typer.Option(False, "--resample", help="resample the prediction onto the reference grid"),
              tile: Optional[int] = typer.Option(None, help="tile size of the run that made PRED (seam score)"),
              overlap: int = typer.Option(0, help="its overlap (seam score)"),
+             baselines: str = typer.Option("bicubic", help="with --lr: models run on LR for comparison ('' for none)"),
+             device: str = typer.Option("auto", help=DEVICE_HELP),
              weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID backbone weights"),
              json_path: Optional[Path] = REPORT_OPTS["json_path"], report: Optional[Path] = REPORT_OPTS["report"],
              figures: Optional[Path] = REPORT_OPTS["figures"],
@@ -155,9 +167,9 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction file (or director
             check_output(p, overwrite)
     result, figs = evaluate_paths(pred, ref, lr, window=window, bands=_ints(bands), data_range=_range(data_range),
                                   resample=resample, tiling={"tile": tile, "overlap": overlap} if tile else None,
-                                  weights_dir=weights_dir)
+                                  weights_dir=weights_dir, baselines=_names(baselines), device=device)
     write_outputs(result, figs, f"hires evaluate: {pred.name} vs {ref.name}", json_path, report, figures, overwrite)
-    _print_metrics([("prediction", result["metrics"])])
+    _print_metrics([("prediction", result["metrics"]), *result.get("baselines", {}).items()])
 
 
 @app.command()
@@ -174,11 +186,8 @@ def benchmark(manifest: Path = typer.Argument(..., help='JSON manifest {"items":
     """Models side by side on a manifest of LR/HR pairs, against the same references."""
     from .evaluation import benchmark as run_benchmark
     from .evaluation import write_outputs
-    from .models import get_model
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    for m in names:
-        get_model(m)
+    names = _names(models)
     for p in (json_path, report):
         if p:
             from .io.common import check_output

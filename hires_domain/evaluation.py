@@ -74,24 +74,44 @@ def _mean(results: list[dict]) -> dict:
 
 
 def evaluate_paths(pred, ref, lr=None, window=None, bands=None, data_range=None, resample=False,
-                   tiling=None, weights_dir=None) -> tuple[dict, list]:
-    """Evaluate a file pair or two directories; returns (JSON-able result, report figures)."""
+                   tiling=None, weights_dir=None, baselines=("bicubic",), device="auto") -> tuple[dict, list]:
+    """Evaluate a file pair or two directories; returns (JSON-able result, report figures).
+
+    With ``lr``, each of ``baselines`` is also run on the LR input and evaluated the same way, so
+    the prediction's numbers stand next to the reference methods' in one table.
+    """
     pairs = _pairs(Path(pred), Path(ref), Path(lr) if lr else None)
-    hook = Perceptual(weights_dir, collect=len(pairs) > 1)
-    items, figures = [], []
+    names = ["prediction"] + (list(baselines) if lr else [])
+    hooks = {n: Perceptual(weights_dir, collect=len(pairs) > 1) for n in names}
+    items = {n: [] for n in names}
+    figures = []
     for name, p, r, l_ in pairs:
-        P, R, L = io.read(p), io.read(r), io.read(l_) if l_ else None
-        res = evaluate_pair(P, R, L, window=window, bands=bands, data_range=data_range, resample=resample,
-                            tiling=tiling, perceptual=hook)
-        items.append({"name": name, **res})
+        R, L = io.read(r), io.read(l_) if l_ else None
+        images = {"prediction": io.read(p)}
+        for b in names[1:]:
+            scale = R.spatial_shape[-1] // L.spatial_shape[-1]
+            images[b] = enhance(L, model=b, scale=scale, device=device)
+        for n, img in images.items():
+            res = evaluate_pair(img, R, L, window=window, bands=bands, data_range=data_range,
+                                resample=resample and n == "prediction",
+                                tiling=tiling if n == "prediction" else None, perceptual=hooks[n])
+            items[n].append({"name": name, **res})
         if len(figures) < 9:
-            figures += comparison_figures(name, R, {"prediction": P}, L, window, bands)
-    if len(items) == 1:
-        return {"pred": str(pred), "ref": str(ref), "lr": str(lr) if lr else None, **items[0]}, figures
-    mean = _mean(items)
-    mean["fid"] = hook.set_fid()
-    return {"pred": str(pred), "ref": str(ref), "settings": items[0]["settings"], "metrics": mean,
-            "items": items}, figures
+            figures += comparison_figures(name, R, images, L, window, bands)
+    first = items["prediction"]
+    result = {"pred": str(pred), "ref": str(ref), "lr": str(lr) if lr else None, "settings": first[0]["settings"]}
+    if len(pairs) == 1:
+        result["metrics"] = first[0]["metrics"]
+        result["baselines"] = {n: items[n][0]["metrics"] for n in names[1:]}
+        return result, figures
+    for n in names:
+        mean = _mean(items[n])
+        mean["fid"] = hooks[n].set_fid()
+        if n == "prediction":
+            result.update(metrics=mean, items=first)
+        else:
+            result.setdefault("baselines", {})[n] = mean
+    return result, figures
 
 
 def comparison_figures(name: str, ref: Image, preds: dict[str, Image], lr: Image | None, window, bands) -> list:
@@ -171,7 +191,8 @@ def write_outputs(result: dict, figures: list, title: str, json_path=None, repor
             tmp.write_text(json.dumps(result, indent=2, allow_nan=False))
     if report_path:
         rows = ([(m, r["metrics"]) for m, r in result["models"].items()] if "models" in result
-                else [("prediction", result["metrics"])])
+                else [("prediction", result["metrics"])] + [(f"{b} (baseline)", m)
+                                                             for b, m in result.get("baselines", {}).items()])
         with atomic_output(Path(report_path)) as tmp:
             write_html(tmp, title, result["settings"], metric_table(rows), figures, _notes(result))
     if figures_dir:

@@ -37,8 +37,11 @@ def test_evaluate_pair_json_and_report(capsys, s2_pair, tmp_path):
         e = m["metrics"][key]
         assert e["value"] is None and e["status"] == "unavailable" and e["missing"]
     assert "patches of 64x64" in m["metrics"]["fid"]["set"]
+    # the bicubic baseline on the same LR is the prediction's own method (unrounded): same numbers
+    assert m["baselines"]["bicubic"]["psnr"]["value"] == pytest.approx(m["metrics"]["psnr"]["value"], abs=0.01)
     page = (tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "consistency_psnr" in page and "<table>" in page
+    assert "bicubic (baseline)" in page
     assert len(list((tmp_path / "figs").glob("*.png"))) == 3
 
 
