@@ -1,7 +1,10 @@
 # Two commands for a fresh machine:  `make demo`  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := dicom3tools
+# dicom3tools: dciodvfy validates derived DICOM; xvfb + GL/xcb libraries: napari tests on a virtual screen
+APT_PACKAGES := dicom3tools xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
+	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
+	libxcb-cursor0 libdbus-1-3 libfontconfig1
 
 .PHONY: setup sysdeps demo test test-slow bench clean
 
@@ -10,12 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: an installed build (CPU, CUDA or MPS) is kept; every other range admits it
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,napari]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-# System tools the tests use (dciodvfy validates derived DICOM); installed when we are root.
+# System packages the tests use; installed when we are root.
 sysdeps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -25,11 +28,14 @@ sysdeps:
 demo: setup
 	$(VENV)/bin/hires demo --out hires-demo
 
+# napari tests need a screen: a virtual one (Xvfb) when there is no display
+XRUN = if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then echo "xvfb-run -a"; fi
+
 test: setup sysdeps
-	$(PY) -m pytest -q
+	$$($(XRUN)) $(PY) -m pytest -q
 
 test-slow: setup sysdeps
-	$(PY) -m pytest -q -m slow
+	$$($(XRUN)) $(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) benchmarks/memory_streaming.py

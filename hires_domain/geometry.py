@@ -102,3 +102,33 @@ def convert_frame(affine: np.ndarray, src: str, dst: str) -> np.ndarray:
     if {src, dst} != {"LPS", "RAS"}:
         raise ValueError(f"cannot convert world frame {src} to {dst}")
     return LPS_TO_RAS @ np.asarray(affine, dtype=float)
+
+
+# --- viewer world: one convention per frame so that layers of one patient/CRS overlay -------
+
+_DISPLAY_ROWS = {
+    "LPS": np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]]),  # (z, y, x) of LPS
+    "map": np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]]),  # (-northing, easting): rows go south
+}
+
+
+def display_affine(affine: np.ndarray, frame: str) -> np.ndarray:
+    """Square affine from array index to the viewer's world axes.
+
+    Medical images (LPS or RAS) map to (z, y, x) of patient LPS, so a DICOM series and a NIfTI of
+    the same patient overlay; rasters map to (−northing, easting) in their CRS units.
+    """
+    affine = np.asarray(affine, dtype=float)
+    if frame in ("LPS", "RAS"):
+        return _DISPLAY_ROWS["LPS"] @ convert_frame(affine, frame, "LPS")
+    return _DISPLAY_ROWS[frame] @ affine
+
+
+def scale_translate(display: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, translate) when a display affine is axis-aligned with positive scales, else None
+    (the viewer then needs the full affine)."""
+    linear = display[:-1, :-1]
+    diag = np.diag(linear)
+    if np.allclose(linear, np.diag(diag), atol=1e-9 * np.abs(diag).max()) and np.all(diag > 0):
+        return diag.copy(), display[:-1, -1].copy()
+    return None
