@@ -43,6 +43,19 @@ def upscaled_affine(affine: np.ndarray, factors) -> np.ndarray:
     return out
 
 
+def cropped_affine(affine: np.ndarray, starts) -> np.ndarray:
+    """Affine of the sub-array that starts at index ``starts`` (one per spatial axis): same
+    axes and spacing, origin moved to the world position of old pixel ``starts``."""
+    affine = np.asarray(affine, dtype=float)
+    s = affine.shape[1] - 1
+    st = np.asarray(starts, dtype=float)
+    if st.shape != (s,):
+        raise ValueError(f"need {s} crop starts, got {tuple(st.shape)}")
+    out = affine.copy()
+    out[:-1, s] = affine[:-1, s] + affine[:-1, :s] @ st
+    return out
+
+
 def world_of(affine: np.ndarray, index) -> np.ndarray:
     """World coordinates of pixel centres at ``index`` (..., S) array indices."""
     affine = np.asarray(affine, dtype=float)

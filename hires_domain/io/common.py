@@ -54,12 +54,14 @@ def atomic_output(dst: Path, is_dir: bool = False):
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def cast_to_dtype(data: np.ndarray, dtype) -> tuple[np.ndarray, int]:
-    """Float pixels to ``dtype``: integers are rounded and clipped; returns (array, n clipped)."""
+def cast_to_dtype(data: np.ndarray, dtype, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Float pixels to ``dtype``: integers are rounded and clipped; returns (array, n clipped),
+    counting only ``valid`` pixels when a mask is given."""
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.integer):
         return data.astype(dtype), 0
     info = np.iinfo(dtype)
     rounded = np.rint(data)
-    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+    outside = (rounded < info.min) | (rounded > info.max)
+    clipped = int(np.count_nonzero(outside if valid is None else outside & valid))
     return np.clip(rounded, info.min, info.max).astype(dtype), clipped

@@ -27,6 +27,7 @@ from .. import geometry
 from ..errors import HiresError
 from ..image import Image
 from ..tiling import ArraySource, Region
+from .common import cast_to_dtype
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
@@ -268,19 +269,17 @@ class RasterSink:
 
     def _convert(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         fill = self.nodata if self.nodata is not None else (np.nan if self.dtype.kind == "f" else 0)
-        out = np.where(valid, data, np.float32(fill))
+        out, clipped = cast_to_dtype(np.where(valid, data, np.float32(fill)), self.dtype, valid)
+        self.clipped += clipped
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
-            out = np.rint(out)
-            self.clipped += int(np.count_nonzero(valid & ((out < info.min) | (out > info.max))))
-            np.clip(out, info.min, info.max, out=out)
             if self.nodata is not None:
                 hit = valid & (out == self.nodata)
                 self.nodata_collisions += int(np.count_nonzero(hit))
                 out[hit] = self.nodata + 1 if self.nodata < info.max else self.nodata - 1
             for b in self._alpha:
                 out[b] = np.where(valid, info.max, 0)
-        return out.astype(self.dtype)
+        return out
 
     def close(self, failed: bool = False) -> None:
         """Finish the file; on success with ``cog=True``, convert it to a COG at ``path``."""

@@ -1,0 +1,132 @@
+"""npe2 readers: DICOM series/files, NIfTI volumes and rasters (one layer per band or RGB composite).
+
+``get_reader``/``get_rgb_reader`` only look at the path (suffix, DICOM magic, a header probe) and
+return None for anything they do not handle; they never raise. The returned reader function
+reads through ``hires_domain.read`` and raises ``HiresError`` with a one-line message on failure
+(napari shows it as a notification).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from pathlib import Path
+
+from hires_domain.errors import HiresError
+
+from . import layers
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+DICOM_SUFFIXES = (".dcm",)
+DIRECTORY_PROBE_LIMIT = 200  # files looked at before a directory is declared "not DICOM"
+
+
+def get_reader(path):
+    """Reader for a DICOM directory, .dcm, .nii/.nii.gz, .tif/.tiff/.jp2 (one layer per band)."""
+    try:
+        path = _single(path)
+        kind = _probe(path) if path is not None else None
+    except Exception:  # a probe must never raise into napari
+        return None
+    if kind is None:
+        return None
+    return lambda p: read_layers(p, layers.BANDS)
+
+
+def get_rgb_reader(path):
+    """Reader for .tif/.tiff/.jp2 rasters with at least two bands, shown as one RGB composite."""
+    try:
+        path = _single(path)
+        if path is None or _probe(path) != "raster" or _raster_bands(path) < 2:
+            return None
+    except Exception:
+        return None
+    return lambda p: read_layers(p, layers.RGB)
+
+
+def read_layers(path, mode: str = layers.BANDS) -> list[tuple]:
+    """Layer data tuples for ``path``; failures become a one-line ``HiresError``."""
+    import hires_domain
+
+    path = _single(path) or path
+    try:
+        image = hires_domain.read(path)
+        return layers.to_layer_data(image, layer_name(path, image), mode)
+    except HiresError:
+        raise
+    except Exception as exc:  # any library error, reported in one line
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise HiresError(f"cannot open {path}: {detail}") from exc
+
+
+def layer_name(path, image) -> str:
+    """The file name without its image suffix; DICOM adds the series description."""
+    p = Path(path)
+    name = p.name
+    for suffix in (*NIFTI_SUFFIXES, *RASTER_SUFFIXES, *DICOM_SUFFIXES):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    if image.kind == "dicom":
+        headers = image.meta.get("headers") or []
+        description = str(headers[0].get("SeriesDescription", "")).strip() if headers else ""
+        if description and description != name:
+            name = f"{name} ({description})"
+    return name
+
+
+# --- cheap probes ---------------------------------------------------------------------------
+
+def _single(path) -> str | None:
+    """One path (napari passes a list when stacking); None for several."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return str(path)
+
+
+def _probe(path: str) -> str | None:
+    """'dicom', 'nifti' or 'raster' when this plugin can read ``path``, else None."""
+    from hires_domain.io.dicom import is_dicom_file
+
+    p = Path(path)
+    if p.is_dir():
+        files = (f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        return "dicom" if any(is_dicom_file(f) for f in itertools.islice(files, DIRECTORY_PROBE_LIMIT)) else None
+    if not p.is_file():
+        return None
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti" if _nifti_ok(p) else None
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom" if is_dicom_file(p) else None
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster" if _raster_bands(p) > 0 else None
+    return None
+
+
+def _nifti_ok(path: Path) -> bool:
+    import nibabel as nib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = nib.load(str(path))  # header only: pixels stay on disk
+        return 2 <= len(img.shape) <= 4
+    except Exception:
+        return False
+
+
+def _raster_bands(path) -> int:
+    """Band count of a raster GDAL can open (0 when it cannot)."""
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(str(path)) as ds:
+                return int(ds.count)
+    except Exception:
+        return 0
