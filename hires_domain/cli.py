@@ -1,4 +1,4 @@
-"""`hires` command line: info, enhance, models, demo. Errors are one line and exit non-zero."""
+"""`hires` command line: info, enhance, prepare, models, demo. Errors are one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def _scales(scales) -> str:
     return f"x{lo}-x{hi}" if list(scales) == list(range(lo, hi + 1)) and hi > lo else ",".join(f"x{s}" for s in scales)
 
 
-def _progress_bar(quiet: bool, label: str):
+def _progress_bar(quiet: bool, label: str, unit: str = "tiles"):
     if quiet:
         return None
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                     TimeRemainingColumn(), console=err, transient=True)
 
 
-def _run_with_progress(fn, quiet: bool, label: str):
-    bar = _progress_bar(quiet, label)
+def _run_with_progress(fn, quiet: bool, label: str, unit: str = "tiles"):
+    bar = _progress_bar(quiet, label, unit)
     if bar is None:
         return fn(None)
     with bar:
@@ -94,6 +94,21 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
         shape = lambda t: "x".join(map(str, t))  # noqa: E731
         out.print(f"wrote {s.output}: {shape(s.in_shape)} -> {shape(s.out_shape)} "
                   f"({s.model} x{s.scale}, {s.device}, {s.seconds:.1f} s)")
+
+
+@app.command()
+def prepare(recipe: Path = typer.Argument(..., help="dataset recipe (YAML), e.g. datasets/s2-sr-x4.yaml"),
+            out_dir: Path = typer.Argument(..., help="output directory (manifest.json + train/ val/)"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
+    """Build a training dataset (HR/LR pairs with a manifest) from a recipe; written atomically."""
+    from .data.prepare import prepare as run_prepare
+
+    m = _run_with_progress(lambda p: run_prepare(recipe, out_dir, overwrite=overwrite, progress=p),
+                           quiet, f"prepare {recipe.stem}", unit="items")
+    if not quiet:
+        counts = ", ".join(f"{n} {split}" for split, n in m["counts"].items())
+        out.print(f"wrote {out_dir}: {counts} items ({m['domain']}, x{m['scale']}, {m['skipped']} skipped)")
 
 
 def _ints(text: Optional[str], one_based: bool = True) -> Optional[list[int]]:

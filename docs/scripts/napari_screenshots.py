@@ -1,0 +1,94 @@
+"""Screenshots for docs/napari.md, taken from a real napari viewer on a virtual screen.
+
+    xvfb-run -a python docs/scripts/napari_screenshots.py [OUT_DIR]     # default docs/images
+
+Opens the bundled CT series through the plugin's reader, runs the Enhance widget (bicubic x2) and
+the Compare widget, shows the Sentinel-2 crop as a true-colour composite before and after x4, and
+saves the whole window (widgets included) each time.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+import hires_domain as hd
+from hires_napari.layers import RGB, to_layer_data
+from hires_napari.widgets import CompareWidget, EnhanceWidget
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "hires_domain" / "samples"
+
+
+def wait_for(widget) -> None:
+    """Process Qt events until the widget's worker is done."""
+    while widget.busy:
+        QApplication.processEvents()
+
+
+def enhance(viewer, layer_name: str, scale: int, tile: int) -> EnhanceWidget:
+    w = EnhanceWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Enhance", area="right")
+    w.layer_combo.setCurrentText(layer_name)
+    w.model_combo.setCurrentText("bicubic")
+    w.scale.setValue(scale)
+    w.tile.setValue(tile)
+    w.overlap.setValue(tile // 8)
+    w.run()
+    wait_for(w)
+    return w
+
+
+def shot(viewer, path: Path) -> None:
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    print("wrote", path)
+
+
+def main(out: Path = ROOT / "docs" / "images") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 850)
+
+    # CT: the series before and after, side by side on the same world grid
+    viewer.open(str(SAMPLES / "ct_head_series"), plugin="hires-domain")
+    ct = viewer.layers[-1].name
+    viewer.dims.set_current_step(0, 5)
+    enhance(viewer, ct, 2, 64)
+    viewer.layers[-1].contrast_limits = viewer.layers[ct].contrast_limits = (0, 80)  # brain window
+    viewer.grid.enabled = True
+    viewer.reset_view()
+    shot(viewer, out / "napari_ct_before_after.png")
+
+    # Compare: enhanced CT against the original (resampled onto the reference grid)
+    compare = CompareWidget(viewer)
+    viewer.window.add_dock_widget(compare, name="Compare", area="right")
+    compare.result_combo.setCurrentText(viewer.layers[-1].name)
+    compare.ref_combo.setCurrentText(ct)
+    compare.compare()
+    shot(viewer, out / "napari_compare.png")
+
+    # Sentinel-2: true-colour composite of the crop before and after x4 (bicubic), side by side
+    viewer.layers.clear()
+    viewer.grid.enabled = False
+    for dock in list(viewer.window._dock_widgets.values()):
+        viewer.window.remove_dock_widget(dock)
+    with tempfile.TemporaryDirectory() as tmp:
+        up = Path(tmp) / "s2_crop_x4.tif"
+        hd.enhance_file(SAMPLES / "s2_crop.tif", up, hd.Settings("bicubic", 4, 128, 16))
+        for path, name in [(SAMPLES / "s2_crop.tif", "s2 crop"), (up, "s2 crop [bicubic x4]")]:
+            for data, kwargs, _ in to_layer_data(hd.read(path), name, mode=RGB):
+                viewer.add_image(data, **kwargs)
+    viewer.grid.enabled = True
+    viewer.reset_view()
+    shot(viewer, out / "napari_s2_before_after.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main(*(Path(a) for a in sys.argv[1:]))

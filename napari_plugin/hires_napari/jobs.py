@@ -1,0 +1,396 @@
+"""What the napari widgets do, without Qt: capture a job, run it tile by tile, build layers, compare.
+
+The widgets (``widgets.py``) only read controls, call these functions on the main thread, and
+run ``run`` in a napari generator worker. Nothing here imports Qt or napari, so it is tested with
+plain pytest.
+
+- ``capture`` (main thread): a frozen snapshot of a layer: a read-only copy of its pixels (or of
+  a region of them) as an ``Image`` with exact geometry, the validated ``Settings``, and a
+  ``Fingerprint`` of the layer (identity, data identity/shape/dtype, a checksum, geometry).
+- ``run`` (worker thread): a generator over ``pipeline.iter_enhance`` into a ``tiling.ArraySink``
+  that yields ``(done, total)`` per batch of tiles (one tile per batch by default, so a cancel
+  between yields stops within one tile) and returns an ``Outcome``.
+- ``stale_reason`` (main thread, when the result arrives): why a result must not be attached
+  because its layer changed or went away meanwhile (``None`` when it is still current).
+- ``output_layer``: the result as a layer data tuple ``<input> [<model>]`` whose geometry comes
+  from ``layers.geometry_kwargs`` (so it overlays the input exactly) and whose metadata keeps
+  the Image for the writers.
+- ``compare`` / ``difference_layer``: metrics table rows from ``metrics.evaluate_pair`` and a
+  ``pred − ref`` layer on the reference grid.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Generator, Sequence
+
+import numpy as np
+
+from hires_domain import geometry, metrics, pipeline, tiling
+from hires_domain.errors import HiresError
+from hires_domain.image import Image
+from hires_domain.intensity import CT_WINDOWS
+from hires_domain.models import ModelInfo, get_model, list_models
+
+from . import layers
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRESETS = ("soft-tissue", "lung", "bone", "brain")  # the one-click CT windows
+FULL_CHECKSUM_BYTES = 256 * 1024**2  # above this, checksum a strided sample only
+SAMPLE_ELEMENTS = 1 << 20
+WHOLE, VIEW, DRAWN = "whole layer", "current view", "drawn rectangle"
+REGION_MODES = (WHOLE, VIEW, DRAWN)
+REGION_LAYER = "hires region"
+
+
+# --- layers → Images -----------------------------------------------------------------------
+
+def layer_image(data, metadata: dict | None, name: str = "layer") -> Image:
+    """The Image behind an image layer (its pixels as shown, its source geometry)."""
+    if not metadata or layers.META not in metadata:
+        raise HiresError(f"layer '{name}' was not opened by hires-domain: it has no source geometry "
+                         "(open the file with the hires-domain reader)")
+    return layers.to_image(data, metadata)
+
+
+def is_hires_layer(metadata: dict | None) -> bool:
+    """Whether a layer carries an Image the widgets can use (RGB composites are display only)."""
+    return bool(metadata) and layers.META in metadata and metadata.get("rgb_bands") is None
+
+
+# --- fingerprints: detect a layer that changed while a job ran -------------------------------
+
+@dataclass(frozen=True)
+class Fingerprint:
+    layer_id: int
+    data_id: int
+    shape: tuple[int, ...]
+    dtype: str
+    checksum: int
+    geometry: tuple = ()
+
+
+def checksum(data) -> int:
+    """Adler-32 of the pixels (a strided sample of at most 1 Mi elements above 256 MiB); 0 for
+    lazy arrays (dask, zarr), which are never loaded whole just to be fingerprinted."""
+    if not isinstance(data, np.ndarray):
+        return 0
+    a = data
+    if a.nbytes > FULL_CHECKSUM_BYTES:
+        flat = a.reshape(-1)
+        a = flat[:: max(1, flat.size // SAMPLE_ELEMENTS)]
+    return zlib.adler32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+
+
+def _geometry_key(geo) -> tuple:
+    if geo is None:
+        return ()
+    return tuple(np.round(np.asarray(geo, dtype=float), 9).reshape(-1).tolist())
+
+
+def fingerprint(layer_id: int, data, geo=None) -> Fingerprint:
+    """``geo``: the layer's data-to-world matrix (or anything array-like describing its placement)."""
+    return Fingerprint(layer_id, id(data), tuple(np.shape(data)), str(data.dtype), checksum(data), _geometry_key(geo))
+
+
+def stale_reason(job: "Job", layer_id: int | None, data=None, geo=None) -> str | None:
+    """Why ``job``'s result must not be attached to its layer any more; None when still current.
+
+    ``layer_id`` None: the layer is gone. Replaced data, a new shape/dtype, edited pixels or a
+    moved layer all count as a change.
+    """
+    fp = job.fingerprint
+    what = f"layer '{job.name}'"
+    if layer_id is None or layer_id != fp.layer_id:
+        return f"{what} was removed while enhancing; the result was not added"
+    if id(data) != fp.data_id or tuple(np.shape(data)) != fp.shape or str(data.dtype) != fp.dtype:
+        return f"{what} got new data while enhancing; the result was not added (run again)"
+    if checksum(data) != fp.checksum:
+        return f"{what} was edited while enhancing; the result was not added (run again)"
+    if _geometry_key(geo) != fp.geometry:
+        return f"{what} was moved or rescaled while enhancing; the result was not added (run again)"
+    return None
+
+
+# --- regions (data coordinates of the layer) -----------------------------------------------
+
+@dataclass(frozen=True)
+class Region:
+    """A box of array indices ``[start, stop)`` per axis of the layer's data."""
+
+    starts: tuple[int, ...]
+    stops: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in zip(self.starts, self.stops))
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in zip(self.starts, self.stops))
+
+
+def region_from_points(points, shape: Sequence[int]) -> Region:
+    """Pixels of a layer (``shape``) touched by the bounding box of data-coordinate ``points``.
+
+    Pixel ``i`` spans ``[i − 0.5, i + 0.5]``; a box of zero extent along an axis (the current
+    slice of a volume) selects the pixel it lies in. Clipped to the layer; refuses an empty box.
+    """
+    pts = np.atleast_2d(np.asarray(points, dtype=float))
+    n = len(shape)
+    if pts.shape[1] < n:
+        raise HiresError(f"region points have {pts.shape[1]} coordinates, the layer {n} axes")
+    pts = pts[:, -n:]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    starts, stops = [], []
+    for a, b, size in zip(lo, hi, shape):
+        start = int(math.floor(a + 0.5))
+        stop = max(int(math.ceil(b + 0.5)), start + 1)
+        starts.append(min(max(start, 0), size))
+        stops.append(min(max(stop, 0), size))
+    region = Region(tuple(starts), tuple(stops))
+    if any(s <= 0 for s in region.shape):
+        raise HiresError("the region does not overlap the layer")
+    return region
+
+
+def view_corners(point: Sequence[float], displayed: Sequence[int], center: Sequence[float],
+                 canvas_size: Sequence[float], zoom: float) -> np.ndarray:
+    """World coordinates (4, ndim) of the visible canvas corners in a 2-D view.
+
+    ``point``: the viewer's current world position (gives the slice of non-displayed axes),
+    ``displayed``: the two displayed world axes, ``center``: camera centre of those axes,
+    ``canvas_size``: (height, width) in screen pixels, ``zoom``: screen pixels per world unit.
+    """
+    if len(displayed) != 2:
+        raise HiresError("'current view' needs a 2-D view (switch off 3-D display)")
+    half = np.asarray(canvas_size, dtype=float) / float(zoom) / 2.0
+    c = np.asarray(center, dtype=float)[-2:]
+    out = np.tile(np.asarray(point, dtype=float), (4, 1))
+    for i, (sy, sx) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))):
+        out[i, displayed[0]] = c[0] + sy * half[0]
+        out[i, displayed[1]] = c[1] + sx * half[1]
+    return out
+
+
+def crop(image: Image, region: Region) -> Image:
+    """The part of ``image`` inside ``region`` (spatial axes), geometry shifted accordingly."""
+    if len(region.starts) != len(image.spatial_shape):
+        raise HiresError(f"region has {len(region.starts)} axes, the image {len(image.spatial_shape)}")
+    data = np.asarray(image.data)[(slice(None), *region.slices)]
+    return replace(image, data=data, affine=geometry.cropped_affine(image.affine, region.starts))
+
+
+# --- models and devices --------------------------------------------------------------------
+
+def models_for(image: Image, scale: int | None = None) -> list[ModelInfo]:
+    """Registered models that can take ``image`` (domain, band count) at ``scale`` (any when None)."""
+    domain, out = pipeline.domain_of(image), []
+    for info in list_models():
+        scales = [scale] if scale is not None else list(info.scales)
+        for s in scales:
+            try:
+                get_model(info.name).check(s, image.channels, domain)
+            except HiresError:
+                continue
+            out.append(info)
+            break
+    return out
+
+
+def model_family(name: str) -> str:
+    try:
+        return get_model(name).info.family
+    except HiresError:
+        return ""
+
+
+def device_in_use(name: str) -> str:
+    """What ``name`` resolves to here ('cuda', 'cpu', ...), or why it cannot be used."""
+    try:
+        return str(tiling.resolve_device(name))
+    except HiresError as e:
+        return f"unavailable: {e}"
+
+
+def window_limits(name: str) -> tuple[float, float]:
+    """Contrast limits (HU) of a named CT window."""
+    if name not in CT_WINDOWS:
+        raise HiresError(f"unknown window '{name}'; known: {', '.join(CT_WINDOWS)}")
+    c, w = CT_WINDOWS[name]
+    return (c - w / 2, c + w / 2)
+
+
+# --- enhance jobs --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a run needs, captured on the main thread; the worker touches nothing else."""
+
+    name: str
+    image: Image  # snapshot: read-only float32 copy (of the region)
+    settings: pipeline.Settings
+    fingerprint: Fingerprint
+    region: Region | None = None
+    options: dict = field(default_factory=dict)  # diffusion steps/seed (for diffusion models)
+
+    @property
+    def output_name(self) -> str:
+        base = f"{self.name} [{self.settings.model}]"
+        return base if self.region is None else f"{base} preview"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished run returns: the result Image, or the one-line error of a refused run."""
+
+    job: Job
+    image: Image | None = None
+    error: str | None = None
+
+
+def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings, layer_id: int,
+            region: Region | None = None, geo=None, options: dict | None = None) -> Job:
+    """Snapshot a layer for a run (call on the main thread); refuses what the run would refuse.
+
+    The pixels (of ``region`` only, when given) are copied to a read-only float32 array, so
+    later edits of the layer cannot reach the worker; ``geo`` (the layer's data-to-world
+    matrix) goes into the fingerprint.
+    """
+    if not is_hires_layer(metadata):
+        layer_image(None, metadata, name)  # the one-line error for foreign layers
+        if metadata.get("rgb_bands") is not None:
+            raise HiresError(f"layer '{name}' is an RGB composite, for display only: enhance its band layers")
+    ndim = len(np.shape(data))
+    if region is not None and len(region.starts) != ndim:
+        raise HiresError(f"region has {len(region.starts)} axes, layer '{name}' {ndim}")
+    part = data[region.slices] if region is not None else data  # lazy arrays: only the region is read
+    snap = np.array(part, dtype=np.float32, copy=True)
+    snap.flags.writeable = False
+    image = layer_image(snap, metadata, name)
+    if region is not None:
+        image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
+    get_model(settings.model).check(settings.scale, image.channels, pipeline.domain_of(image))
+    if settings.tile < 1 or settings.overlap < 0 or settings.overlap >= settings.tile:
+        raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={settings.tile} "
+                         f"overlap={settings.overlap}")
+    tiling.resolve_device(settings.device)
+    pipeline.check_size(image, settings.scale)
+    return Job(name, image, settings, fingerprint(layer_id, data, geo), region, dict(options or {}))
+
+
+def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
+    """Enhance ``job.image`` tile by tile: yields ``(done, total)``, returns an ``Outcome``.
+
+    A ``HiresError`` (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
+    else propagates (a bug, shown with its traceback).
+    """
+    image, s = job.image, job.settings
+    try:
+        out = pipeline.check_size(image, s.scale)
+        fill = np.nan if image.nodata is None else image.nodata
+        sink = tiling.ArraySink((image.channels, *out), fill=fill)
+        yield from pipeline.iter_enhance(image, sink, s)
+    except HiresError as e:
+        return Outcome(job, error=str(e))
+    result = image.with_data(sink.array, factors=pipeline._factors(image, s.scale),
+                             meta={**image.meta, "provenance": s.describe()})
+    return Outcome(job, image=result)
+
+
+def run_all(job: Job) -> Outcome:
+    """Run a job to the end (tests, scripts)."""
+    gen = run(job)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def output_layers(job: Job, result: Image, contrast_limits=None, colormap=None) -> list[tuple[Any, dict, str]]:
+    """Layer data tuples of the result: named ``<input> [<model>]`` (one per band for a
+    multi-band result), overlaying the input (geometry from ``layers.geometry_kwargs``), with
+    the Image kept in metadata for writing; display settings copied from the input."""
+    out = []
+    for data, kwargs, kind in layers.to_layer_data(result, job.output_name):
+        kwargs = dict(kwargs)
+        if contrast_limits is not None:
+            kwargs["contrast_limits"] = tuple(float(v) for v in contrast_limits)
+        if colormap is not None:
+            kwargs["colormap"] = colormap
+        out.append((data, kwargs, kind))
+    return out
+
+
+# --- compare -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list  # (metric, value text, unit, better)
+    settings: dict
+    resampled: bool
+    summary: str
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _on_same_grid(pred: Image, ref: Image) -> bool:
+    try:
+        metrics.check_same_grid(pred, ref)
+        return True
+    except HiresError:
+        return False
+
+
+def compare(pred: Image, ref: Image, window: str | None = None, bands: list[int] | None = None) -> Comparison:
+    """Metrics of ``pred`` against ``ref`` as table rows; ``pred`` is resampled (linear) onto
+    ``ref``'s grid when they differ (for example a result compared with its own input)."""
+    same = _on_same_grid(pred, ref)
+    report = metrics.evaluate_pair(pred, ref, window=window, bands=bands, resample=not same)
+    rows = []
+    for name, entry in report["metrics"].items():
+        value = _fmt(entry.get("value"))
+        if entry.get("value") is None and entry.get("reason"):
+            value = f"n/a ({entry['reason']})"
+        elif entry.get("value") is None and entry.get("note", "").startswith("infinite"):
+            value = "inf (identical)"
+        rows.append((name, value, entry.get("unit", ""), entry.get("better", "")))
+    st = report["settings"]
+    rng = st.get("data_range") or {}
+    summary = (f"range: {rng.get('description', rng.get('name', ''))}; bands: {', '.join(map(str, st.get('bands', [])))}"
+               + ("" if same else "; result resampled onto the reference grid"))
+    return Comparison(rows, st, not same, summary)
+
+
+def difference(pred: Image, ref: Image) -> Image:
+    """``pred − ref`` on ``ref``'s grid (``pred`` resampled when the grids differ)."""
+    if not _on_same_grid(pred, ref):
+        pred = metrics.resample_to(pred, ref)
+    if pred.channels != ref.channels:
+        raise HiresError(f"result has {pred.channels} bands, the reference {ref.channels}")
+    p, _ = metrics.load_pixels(pred)
+    r, _ = metrics.load_pixels(ref)
+    return replace(ref, data=(p - r).astype(np.float32), nodata=None,
+                   meta={**ref.meta, "provenance": "difference"})
+
+
+def difference_layer(pred: Image, ref: Image, name_a: str, name_b: str) -> tuple[Any, dict, str]:
+    """The ``<a> − <b>`` layer: a diverging colormap symmetric about zero, reference geometry."""
+    diff = difference(pred, ref)
+    data = diff.data[0] if diff.channels == 1 else diff.data
+    finite = np.abs(data[np.isfinite(data)])
+    m = float(np.percentile(finite, 99)) if finite.size else 1.0
+    m = m if m > 0 else 1.0
+    kwargs = {"name": f"{name_a} − {name_b}", "colormap": "PiYG", "contrast_limits": (-m, m),
+              "metadata": {layers.META: replace(diff, data=None), "channels": diff.channels},
+              **layers.geometry_kwargs(diff)}
+    return data, kwargs, "image"

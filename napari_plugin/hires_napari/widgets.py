@@ -1,0 +1,460 @@
+"""The plugin's widgets: thin Qt over ``jobs`` (which holds every decision and is Qt-free).
+
+- ``EnhanceWidget``: run a model on an image layer (or a region of it) in a napari generator
+  worker; progress per tile, Cancel between tiles, stale results refused.
+- ``CompareWidget``: metrics table, a difference layer, and a fade slider (swipe by opacity)
+  plus a side-by-side toggle (napari's grid mode).
+- ``WindowPresetsWidget``: CT window/level presets in one click.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image as ImageLayer
+from napari.layers import Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+                            QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from hires_domain.errors import HiresError
+from hires_domain.intensity import CT_WINDOWS
+from hires_domain.pipeline import Settings, domain_of
+
+from . import jobs
+
+SAME_AS_INPUT = "(default)"
+
+
+def _image_layers(viewer) -> list:
+    return [ly for ly in viewer.layers if isinstance(ly, ImageLayer) and jobs.is_hires_layer(ly.metadata)]
+
+
+def _find(viewer, name: str):
+    for ly in viewer.layers:
+        if ly.name == name:
+            return ly
+    return None
+
+
+def _placement(layer) -> np.ndarray:
+    """Everything that places a layer in the world (for the stale-result fingerprint)."""
+    return np.concatenate([np.ravel(layer.scale), np.ravel(layer.translate), np.ravel(layer.rotate),
+                           np.ravel(layer.shear), np.ravel(layer.affine.affine_matrix)])
+
+
+def _camera(viewer):
+    """The camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def _grid(viewer):
+    """Grid settings (``viewer.canvas.grid`` from napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def _canvas_size(viewer) -> tuple[float, float]:
+    """(height, width) of the canvas in screen pixels."""
+    canvas = getattr(viewer, "canvas", None)
+    return tuple(canvas.size) if canvas is not None else tuple(viewer._canvas_size)
+
+
+def _fill(combo: QComboBox, names: list[str]) -> None:
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    if current in names:
+        combo.setCurrentText(current)
+    combo.blockSignals(False)
+    if combo.currentText() != current:
+        combo.currentTextChanged.emit(combo.currentText())
+
+
+def _watch_layers(viewer, callback) -> None:
+    """Call ``callback`` when layers are added, removed, moved or renamed."""
+    def watch_name(layer):
+        layer.events.name.connect(callback)
+
+    def inserted(event):
+        watch_name(event.value)
+        callback()
+
+    for layer in viewer.layers:
+        watch_name(layer)
+    viewer.layers.events.inserted.connect(inserted)
+    viewer.layers.events.removed.connect(callback)
+    viewer.layers.events.moved.connect(callback)
+
+
+class EnhanceWidget(QWidget):
+    """Enhance an image layer (or the current view / a drawn rectangle of it) with a model."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.job: jobs.Job | None = None
+        self.last_progress = (0, 0)
+        self.last_outcome: str | None = None  # 'added' | 'stale' | 'error' | 'cancelled'
+
+        self.layer_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.scale = QSpinBox(minimum=1, maximum=8, value=2)
+        self.tile = QSpinBox(minimum=8, maximum=8192, value=256, singleStep=16)
+        self.overlap = QSpinBox(minimum=0, maximum=1024, value=32, singleStep=4)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(jobs.DEVICES)
+        self.device_label = QLabel()
+        self.steps = QSpinBox(minimum=1, maximum=1000, value=20)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.diffusion_box = QWidget()
+        dl = QHBoxLayout(self.diffusion_box)
+        dl.setContentsMargins(0, 0, 0, 0)
+        for label, w in (("steps", self.steps), ("seed", self.seed)):
+            dl.addWidget(QLabel(label))
+            dl.addWidget(w)
+        self.region_combo = QComboBox()
+        self.region_combo.addItems(jobs.REGION_MODES)
+        self.region_button = QPushButton("Draw region")
+        self.region_button.setToolTip(f"add a Shapes layer '{jobs.REGION_LAYER}' to draw a rectangle in")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout(self)
+        form.addRow("input", self.layer_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("scale", self.scale)
+        form.addRow("tile", self.tile)
+        form.addRow("overlap", self.overlap)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.device_label)
+        form.addRow("diffusion", self.diffusion_box)
+        region = QHBoxLayout()
+        region.addWidget(self.region_combo)
+        region.addWidget(self.region_button)
+        form.addRow("region", region)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+        form.addRow(self.progress)
+        form.addRow(self.status)
+
+        self.layer_combo.currentTextChanged.connect(self._refresh_models)
+        self.scale.valueChanged.connect(self._refresh_models)
+        self.model_combo.currentTextChanged.connect(self._on_model)
+        self.device_combo.currentTextChanged.connect(self._on_device)
+        self.region_button.clicked.connect(self.add_region_layer)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        _watch_layers(self.viewer, self._refresh_layers)
+        self._refresh_layers()
+        self._on_device(self.device_combo.currentText())
+
+    # --- controls ----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def _refresh_layers(self, *_):
+        _fill(self.layer_combo, [ly.name for ly in _image_layers(self.viewer)])
+        self._refresh_models()
+
+    def _input_layer(self):
+        layer = _find(self.viewer, self.layer_combo.currentText())
+        if layer is None:
+            raise HiresError("no input: open an image with the hires-domain reader first")
+        return layer
+
+    def _refresh_models(self, *_):
+        names = []
+        layer = _find(self.viewer, self.layer_combo.currentText())
+        if layer is not None and jobs.is_hires_layer(layer.metadata):
+            ref = jobs.layers.to_image(np.zeros((1,) * layer.ndim, np.float32), layer.metadata)
+            names = [m.name for m in jobs.models_for(ref, self.scale.value())]
+        _fill(self.model_combo, names)
+        self._on_model(self.model_combo.currentText())
+
+    def _on_model(self, name: str):
+        self.diffusion_box.setVisible(jobs.model_family(name) == "diffusion")
+
+    def _on_device(self, name: str):
+        self.device_label.setText(f"in use: {jobs.device_in_use(name)}")
+
+    def settings(self) -> Settings:
+        return Settings(model=self.model_combo.currentText(), scale=self.scale.value(), tile=self.tile.value(),
+                        overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText())
+
+    # --- regions -----------------------------------------------------------------------------
+
+    def add_region_layer(self):
+        """The Shapes layer whose last rectangle is the 'drawn rectangle' region."""
+        shapes = _find(self.viewer, jobs.REGION_LAYER)
+        if shapes is None:
+            shapes = self.viewer.add_shapes(name=jobs.REGION_LAYER, ndim=max(2, self.viewer.dims.ndim),
+                                            edge_color="yellow", face_color="transparent")
+        shapes.mode = "add_rectangle"
+        return shapes
+
+    def region(self, layer) -> jobs.Region | None:
+        mode = self.region_combo.currentText()
+        shape = np.shape(layer.data)
+        if mode == jobs.VIEW:
+            d = self.viewer.dims
+            cam = _camera(self.viewer)
+            corners = jobs.view_corners(d.point, d.displayed, cam.center, _canvas_size(self.viewer), cam.zoom)
+            return jobs.region_from_points([layer.world_to_data(c) for c in corners], shape)
+        if mode == jobs.DRAWN:
+            shapes = _find(self.viewer, jobs.REGION_LAYER)
+            if not isinstance(shapes, Shapes) or len(shapes.data) == 0:
+                raise HiresError(f"draw a rectangle in the '{jobs.REGION_LAYER}' layer first (Draw region)")
+            world = [shapes.data_to_world(v) for v in np.asarray(shapes.data[-1])]
+            return jobs.region_from_points([layer.world_to_data(w) for w in world], shape)
+        return None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self):
+        """Capture the input on this (main) thread and start the worker; errors as notifications."""
+        if self.busy:
+            return
+        try:
+            layer = self._input_layer()
+            if not self.model_combo.currentText():
+                raise HiresError(f"no registered model fits layer '{layer.name}' at x{self.scale.value()}")
+            options = {"steps": self.steps.value(), "seed": self.seed.value()} \
+                if jobs.model_family(self.model_combo.currentText()) == "diffusion" else {}
+            job = jobs.capture(layer.data, layer.metadata, layer.name, self.settings(), layer.unique_id,
+                               self.region(layer), _placement(layer), options)
+        except HiresError as e:
+            self.last_outcome = "error"
+            show_error(str(e))
+            return
+        self.job = job
+        self.last_progress = (0, 0)
+        self.last_outcome = None
+        self.progress.setRange(0, 0)
+        self.status.setText(f"enhancing {job.name} with {job.settings.model} x{job.settings.scale}…")
+        worker = create_worker(jobs.run, job, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+
+    def cancel(self):
+        """Stop the worker between tiles (the generator is not resumed after the current one)."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("cancelling…")
+
+    def _on_progress(self, value):
+        done, total = value
+        self.last_progress = (done, total)
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_returned(self, outcome: jobs.Outcome):
+        job = outcome.job
+        if outcome.error:
+            self.last_outcome = "error"
+            self.status.setText(outcome.error)
+            show_error(outcome.error)
+            return
+        layer = next((ly for ly in self.viewer.layers if ly.unique_id == job.fingerprint.layer_id), None)
+        reason = jobs.stale_reason(job, None) if layer is None else \
+            jobs.stale_reason(job, layer.unique_id, layer.data, _placement(layer))
+        if reason:
+            self.last_outcome = "stale"
+            self.status.setText(reason)
+            show_warning(reason)
+            return
+        for data, kwargs, _ in jobs.output_layers(job, outcome.image, contrast_limits=layer.contrast_limits,
+                                                  colormap=layer.colormap.name):
+            old = _find(self.viewer, kwargs["name"])
+            if old is not None:  # a re-run replaces its previous result
+                self.viewer.layers.remove(old)
+            self.viewer.add_image(data, **kwargs)
+        self.last_outcome = "added"
+        self.status.setText(f"added '{job.output_name}'")
+
+    def _on_aborted(self):
+        self.last_outcome = "cancelled"
+        done, total = self.last_progress
+        self.status.setText(f"cancelled after {done} of {total} tiles")
+
+    def _on_errored(self, exc):
+        self.last_outcome = "error"
+        self.status.setText(f"failed: {exc}")
+
+    def _on_finished(self):
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, max(1, self.last_progress[1]))
+        self.progress.setValue(self.last_progress[0])
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        self.cancel()
+        super().closeEvent(event)
+
+
+class CompareWidget(QWidget):
+    """A result against a reference (or its input): metrics table, difference layer, fade/grid."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.comparison: jobs.Comparison | None = None
+        self.result_combo = QComboBox()
+        self.ref_combo = QComboBox()
+        self.window_combo = QComboBox()
+        self.window_combo.addItems([SAME_AS_INPUT, *CT_WINDOWS])
+        self.window_label = QLabel("window")
+        self.bands_label = QLabel("")
+        self.compare_button = QPushButton("Compare")
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["metric", "value", "unit", "better"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.fade = QSlider(Qt.Horizontal)
+        self.fade.setRange(0, 100)
+        self.fade.setValue(100)
+        self.fade.setToolTip("swipe by opacity between the reference (left) and the result (right)")
+        self.side_by_side = QCheckBox("side by side (grid)")
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        form.addRow("result", self.result_combo)
+        form.addRow("reference", self.ref_combo)
+        form.addRow(self.window_label, self.window_combo)
+        form.addRow("bands", self.bands_label)
+        lay.addLayout(form)
+        lay.addWidget(self.compare_button)
+        lay.addWidget(self.table)
+        lay.addWidget(self.summary)
+        fade = QHBoxLayout()
+        fade.addWidget(QLabel("reference"))
+        fade.addWidget(self.fade)
+        fade.addWidget(QLabel("result"))
+        lay.addLayout(fade)
+        lay.addWidget(self.side_by_side)
+
+        self.compare_button.clicked.connect(self.compare)
+        self.ref_combo.currentTextChanged.connect(self._on_ref)
+        self.result_combo.currentTextChanged.connect(self._on_ref)
+        self.fade.valueChanged.connect(self._on_fade)
+        self.side_by_side.toggled.connect(self._on_grid)
+        _watch_layers(self.viewer, self._refresh_layers)
+        self._refresh_layers()
+
+    def _refresh_layers(self, *_):
+        names = [ly.name for ly in _image_layers(self.viewer)]
+        _fill(self.result_combo, list(reversed(names)))  # newest (top) first: usually the result
+        _fill(self.ref_combo, names)
+        self._on_ref()
+
+    def _on_ref(self, *_):
+        ref = _find(self.viewer, self.ref_combo.currentText())
+        medical = ref is not None and domain_of(ref.metadata[jobs.layers.META]) == "medical"
+        self.window_label.setVisible(medical)
+        self.window_combo.setVisible(medical)
+        if ref is not None:
+            img = ref.metadata[jobs.layers.META]
+            band = ref.metadata.get("band")
+            names = img.band_names if band is None else img.band_names[band:band + 1]
+            self.bands_label.setText(", ".join(names) or "single channel")
+
+    def _pair(self):
+        a, b = _find(self.viewer, self.result_combo.currentText()), _find(self.viewer, self.ref_combo.currentText())
+        if a is None or b is None:
+            raise HiresError("choose a result and a reference layer")
+        if a is b:
+            raise HiresError("the result and the reference are the same layer")
+        return a, b
+
+    def compare(self):
+        """Fill the table and add (or replace) the difference layer ``<a> − <b>``."""
+        try:
+            a, b = self._pair()
+            pred = jobs.layer_image(a.data, a.metadata, a.name)
+            ref = jobs.layer_image(b.data, b.metadata, b.name)
+            window = self.window_combo.currentText()
+            window = None if window == SAME_AS_INPUT or not self.window_combo.isVisibleTo(self) else window
+            comparison = jobs.compare(pred, ref, window=window)
+            data, kwargs, _ = jobs.difference_layer(pred, ref, a.name, b.name)
+        except HiresError as e:
+            show_error(str(e))
+            return
+        self.comparison = comparison
+        self.table.setRowCount(len(comparison.rows))
+        for i, row in enumerate(comparison.rows):
+            for j, text in enumerate(row):
+                self.table.setItem(i, j, QTableWidgetItem(str(text)))
+        self.summary.setText(comparison.summary)
+        old = _find(self.viewer, kwargs["name"])
+        if old is not None:
+            self.viewer.layers.remove(old)
+        self.viewer.add_image(data, visible=False, **kwargs)
+
+    def _on_fade(self, value: int):
+        """Opacity swipe: the upper of the two layers fades from reference (0) to result (100)."""
+        try:
+            a, b = self._pair()
+        except HiresError:
+            return
+        layer_list = list(self.viewer.layers)
+        ia, ib = layer_list.index(a), layer_list.index(b)
+        if ia > ib:
+            a.opacity, b.opacity = value / 100, 1.0
+        else:
+            b.opacity, a.opacity = 1 - value / 100, 1.0
+
+    def _on_grid(self, on: bool):
+        _grid(self.viewer).enabled = bool(on)
+
+
+class WindowPresetsWidget(QWidget):
+    """One button per CT window: sets the contrast limits of the selected image layers."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        lay = QHBoxLayout(self)
+        self.buttons = {}
+        for name in jobs.PRESETS:
+            c, w = CT_WINDOWS[name]
+            button = QPushButton(name)
+            button.setToolTip(f"window centre {c:g} HU, width {w:g} HU")
+            button.clicked.connect(lambda _=False, n=name: self.apply(n))
+            lay.addWidget(button)
+            self.buttons[name] = button
+
+    def apply(self, name: str) -> list:
+        targets = [ly for ly in self.viewer.layers.selection if isinstance(ly, ImageLayer) and not ly.rgb]
+        if not targets:
+            show_info("select an image layer to apply a CT window to")
+            return []
+        lo, hi = jobs.window_limits(name)
+        for layer in targets:
+            rlo, rhi = layer.contrast_limits_range
+            if lo < rlo or hi > rhi:
+                layer.contrast_limits_range = (min(lo, rlo), max(hi, rhi))
+            layer.contrast_limits = (lo, hi)
+        return targets

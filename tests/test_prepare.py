@@ -1,0 +1,345 @@
+"""Dataset preparation: degradation physics, leak-free splits, atomic output, reproducibility,
+bad recipes. Real data: the bundled Sentinel-2 crop, CT series/NIfTI and DICOM test files."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hires_domain import cli
+from hires_domain.data import degradations as deg
+from hires_domain.data import prepare as prep
+from hires_domain.data.recipes import load_recipe, parse_recipe
+from hires_domain.errors import HiresError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "hires_domain" / "samples"
+DICOM = Path(__file__).parent / "data" / "dicom"
+RESERVED = ("CT_small", "693_", "eCT_Supplemental")
+
+S2 = {
+    "name": "t-s2", "domain": "satellite", "sources": [{"path": str(SAMPLES / "s2_crop.tif")}],
+    "bands": ["B02", "B03", "B04", "B08"],
+    "degradation": {"scale": 4, "mtf_nyquist": 0.3, "noise": {"sigma_add": 2.0, "sigma_signal": 0.3},
+                    "quantise": "uint16"},
+    "patches": {"size": 64, "stride": 32},
+    "split": {"holdout": {"rows": [0.5, 1.0], "cols": [0.0, 0.5]}},
+    "seed": 3,
+}
+CT = {
+    "name": "t-ct", "domain": "medical-sr",
+    "sources": [{"path": str(DICOM / "bad_sequence.dcm")}, {"path": str(DICOM / "explicit_VR-UN.dcm")},
+                {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}],
+    "degradation": {"scale": 2, "fwhm_lr_pixels": 1.0},
+}
+
+
+def write(tmp_path, recipe, name="r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def with_(base, **changes):
+    return json.loads(json.dumps({**base, **changes}))
+
+
+# ---------------------------------------------------------------- degradation physics
+
+
+@pytest.mark.parametrize("mtf,scale", [(0.3, 4), (0.15, 4), (0.3, 2)])
+def test_mtf_at_lr_nyquist_matches_parameter(mtf, scale):
+    n = 256
+    impulse = np.zeros((1, n))
+    impulse[0, n // 2] = 1.0
+    response = deg.mtf_blur(impulse, mtf, scale)[0]
+    spectrum = np.abs(np.fft.rfft(response))
+    measured = spectrum[int(n * 0.5 / scale)] / spectrum[0]
+    assert measured == pytest.approx(mtf, rel=0.03)
+
+
+def test_decimation_keeps_footprint_and_samples_lr_pixel_centres():
+    x = np.arange(16, dtype=float)
+    img = np.tile(x, (16, 1))
+    assert np.allclose(deg.decimate(img, 4, "area")[0], [1.5, 5.5, 9.5, 13.5])  # block means
+    assert np.allclose(deg.decimate(img, 4, "sample")[0], [1, 5, 9, 13])  # pixel (s-1)//2 of each block
+    # the composition blurs with a half-pixel offset: a linear ramp lands exactly on LR centres 4i + 1.5
+    ramp = np.tile(np.arange(64, dtype=float), (3, 64, 1))
+    lr = deg.satellite_lr(ramp, 4, 0.3, np.random.default_rng(0))
+    assert np.allclose(lr[:, 8, 3:-3], 4 * np.arange(3, 13) + 1.5, atol=1e-6)
+    with pytest.raises(ValueError):
+        deg.decimate(np.zeros((10, 10)), 4)
+
+
+def test_noise_level_and_quantisation():
+    rng = np.random.default_rng(1)
+    flat = np.full((400, 400), 1000.0)
+    noisy = deg.add_noise(flat, rng, sigma_add=2.0, sigma_signal=0.3)
+    assert noisy.std() == pytest.approx(math.sqrt(2.0 ** 2 + 0.3 ** 2 * 1000.0), rel=0.03)
+    assert noisy.mean() == pytest.approx(1000.0, abs=0.2)
+    q = deg.quantise(np.array([-3.0, 1.4, 1.6, 70000.0]), "uint16")
+    assert q.tolist() == [0, 1, 2, 65535]
+
+
+def test_inplane_blur_fwhm_in_mm():
+    line = np.zeros((1, 201))
+    line[0, 100] = 1.0
+    out = deg.gaussian_blur(line, (0.0, 3.0 / deg.FWHM_PER_SIGMA / 0.5))  # FWHM 3 mm at 0.5 mm pixels
+    x = (np.arange(201) - 100) * 0.5
+    sigma_mm = math.sqrt((out[0] * x ** 2).sum() / out[0].sum())
+    assert sigma_mm * deg.FWHM_PER_SIGMA == pytest.approx(3.0, rel=0.01)
+    ct = deg.inplane_lr(np.ones((64, 64)), 2, 1.2, (0.6, 0.6))
+    assert ct.shape == (32, 32) and np.allclose(ct, 1.0)
+
+
+def test_thick_slices_average_along_z(ct_volume):
+    vol = ct_volume.array()[0]  # (32, 128, 128) real CT
+    box = deg.thick_slices(vol, 4)
+    assert box.shape == (8, 128, 128)
+    assert np.allclose(box[2], vol[8:12].mean(axis=0), atol=1e-3)
+    ramp = np.broadcast_to(np.arange(48.0)[:, None, None], (48, 4, 4))  # centred profiles keep a ramp
+    assert np.allclose(deg.thick_slices(ramp, 3, "gaussian")[4:12, 0, 0], 3 * np.arange(4, 12) + 1, atol=1e-6)
+    assert np.allclose(deg.thick_slices(ramp, 4, "gaussian")[3:9, 0, 0], 4 * np.arange(3, 9) + 1.5, atol=1e-6)
+
+
+def _water_phantom(n=128, radius=50):
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    return np.where(np.hypot(yy, xx) < radius, 0.0, -1000.0)
+
+
+def test_low_dose_round_trip_on_real_ct_interior():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    rec = deg.low_dose_ct(hu, float(ds.PixelSpacing[0]), 1.0, rng=None, n_angles=360)
+    from scipy import ndimage
+
+    soft = ndimage.binary_erosion((hu > -200) & (hu < 200), iterations=3)
+    soft[:16], soft[-16:], soft[:, :16], soft[:, -16:] = False, False, False, False
+    rms = math.sqrt(np.mean((rec - hu)[soft] ** 2))
+    assert soft.sum() > 500 and rms < 25.0, rms  # measured: 11 HU
+
+
+def test_low_dose_noise_scales_with_inverse_sqrt_dose_and_keeps_mean():
+    hu = _water_phantom()
+    clean = deg.low_dose_ct(hu, 0.7, 1.0, rng=None, i0=1e4, n_angles=180)
+    centre = (slice(49, 79), slice(49, 79))
+    stds, means, recs = {}, {}, {}
+    for dose in (1.0, 0.25):
+        recs[dose] = deg.low_dose_ct(hu, 0.7, dose, np.random.default_rng(7), i0=1e4, n_angles=180)
+        stds[dose] = (recs[dose] - clean)[centre].std()
+        means[dose] = recs[dose][centre].mean()
+    assert stds[0.25] / stds[1.0] == pytest.approx(2.0, rel=0.15)
+    assert abs(means[0.25] - clean[centre].mean()) < 0.2 * stds[0.25]
+    assert abs(clean[centre].mean()) < 5.0  # water stays at 0 HU
+    again = deg.low_dose_ct(hu, 0.7, 0.25, np.random.default_rng(7), i0=1e4, n_angles=180)
+    assert np.array_equal(again, recs[0.25])  # deterministic given the generator
+
+
+# ---------------------------------------------------------------- splits and format
+
+
+def test_satellite_split_cannot_leak(tmp_path):
+    recipe = load_recipe(write(tmp_path, S2))
+    items = prep.plan(recipe)
+    halo = prep._halo(recipe)
+    assert halo >= deg.support(deg.sigma_for_mtf(0.3, 4))
+    rows_h, cols_h = (128, 256), (0, 128)  # bottom-left quadrant of the 256 x 256 crop
+    splits = {"train": 0, "val": 0}
+    for it in items:
+        (r0, r1), (c0, c1) = it.location["rows"], it.location["cols"]
+        splits[it.split] += 1
+        if it.split == "val":
+            assert rows_h[0] <= r0 and r1 <= rows_h[1] and cols_h[0] <= c0 and c1 <= cols_h[1]
+        else:  # what a training patch reads (patch + halo) never touches the held-out quadrant
+            assert r1 + halo <= rows_h[0] or c0 - halo >= cols_h[1], it.id
+    assert splits["train"] > 0 and splits["val"] > 0
+    assert len({it.id for it in items}) == len(items)
+
+
+def test_prepare_writes_documented_format_and_is_reproducible(tmp_path):
+    path = write(tmp_path, S2)
+    m1 = prep.prepare(path, tmp_path / "a")
+    m2 = prep.prepare(path, tmp_path / "b")
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["format_version"] == prep.FORMAT_VERSION and man["domain"] == "satellite" and man["scale"] == 4
+    assert man["bands"] == ["B02", "B03", "B04", "B08"]
+    assert man["normalisation"]["reflectance_scale"] == [1e-4] * 4
+    assert man["counts"]["train"] + man["counts"]["val"] == len(man["items"]) == len(m2["items"])
+    for r1, r2 in zip(m1["items"], m2["items"]):
+        a, b = np.load(tmp_path / "a" / r1["file"]), np.load(tmp_path / "b" / r2["file"])
+        assert set(a.files) == {"hr", "lr", "valid", "lr_valid"}
+        assert a["hr"].shape == (4, 64, 64) and a["lr"].shape == (4, 16, 16) and a["hr"].dtype == np.float32
+        assert a["valid"].shape == (64, 64) and a["valid"].dtype == bool
+        for k in a.files:
+            assert np.array_equal(a[k], b[k])
+    # one item rebuilt from its manifest record alone gives the same arrays
+    rec = m1["items"][5]
+    item = prep.Item(**{k: rec[k] for k in ("id", "source", "input", "location", "split", "params")})
+    again = prep.process(item, load_recipe(path))
+    stored = np.load(tmp_path / "a" / rec["file"])
+    assert all(np.array_equal(again[k], stored[k]) for k in stored.files)
+    # hr is the source window itself; lr is a noisy, quantised, blurred copy of it
+    (r0, r1), (c0, c1) = rec["location"]["rows"], rec["location"]["cols"]
+    import rasterio
+
+    with rasterio.open(SAMPLES / "s2_crop.tif") as ds:
+        assert np.array_equal(stored["hr"], ds.read()[:, r0:r1, c0:c1].astype(np.float32))
+    assert np.array_equal(stored["lr"], np.rint(stored["lr"]))
+    assert abs(stored["lr"].mean() - stored["hr"].mean()) < 5.0
+
+
+def test_failure_mid_way_leaves_no_dataset(tmp_path, monkeypatch):
+    calls = []
+    real = prep.process
+
+    def flaky(item, recipe):
+        calls.append(item.id)
+        if len(calls) == 4:
+            raise RuntimeError("disk full")
+        return real(item, recipe)
+
+    monkeypatch.setattr(prep, "process", flaky)
+    with pytest.raises(RuntimeError):
+        prep.prepare(write(tmp_path, S2), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]  # no temporary left either
+
+
+def test_medical_split_by_file_and_formats(tmp_path):
+    m = prep.prepare(write(tmp_path, CT), tmp_path / "ct")
+    assert m["counts"] == {"train": 2, "val": 1} and m["units"] == "HU" and m["scale"] == 2
+    for rec in m["items"]:
+        z = np.load(tmp_path / "ct" / rec["file"])
+        assert z["lr"].shape[1:] == tuple(s // 2 for s in z["hr"].shape[1:])
+        assert (rec["split"] == "val") == ("CT_small" in rec["source"])
+        assert z["hr"][0][z["valid"]].min() >= -1024
+    assert m["items"][0]["params"]["fwhm_mm"] == pytest.approx(2 * 0.28710938, rel=1e-5)
+
+
+def test_slice_block_split_with_gap_on_a_volume(tmp_path):
+    recipe = {"name": "t", "domain": "medical-sr", "degradation": {"scale": 2, "fwhm_mm": 1.5},
+              "sources": [{"path": str(SAMPLES / "ct_head.nii.gz"), "split": "blocks", "units": "HU"}],
+              "split": {"size": 4, "val_every": 3, "gap": 1}}
+    items = prep.plan(load_recipe(write(tmp_path, recipe)))
+    by_split = {s: {it.location["slice"] for it in items if it.split == s} for s in ("train", "val")}
+    assert by_split["val"] == {9, 10, 21, 22}  # blocks 2 and 5 minus one slice each side of their edges
+    for z in by_split["train"]:
+        assert all(abs(z - v) > 1 for v in by_split["val"])
+
+
+def test_low_dose_recipe_items(tmp_path):
+    recipe = {"name": "t", "domain": "low-dose-ct",
+              "sources": [{"path": str(SAMPLES / "ct_head_series")},
+                          {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}],
+              "degradation": {"dose": [0.1, 0.5], "per_slice": 2, "val_doses": [0.25], "n_angles": 90}}
+    recipe = load_recipe(write(tmp_path, recipe))
+    items = prep.plan(recipe)
+    train = [it for it in items if it.split == "train"]
+    assert len(train) == 24 and all(0.1 <= it.params["dose_fraction"] <= 0.5 for it in train)
+    val = [it for it in items if it.split == "val"]
+    assert [it.params["dose_fraction"] for it in val] == [0.25]
+    out = prep.process(val[0], recipe)
+    assert out["hr"].shape == out["lr"].shape == (1, 128, 128)
+    assert 5.0 < np.std(out["lr"] - out["hr"]) < 300.0
+
+
+def test_committed_recipes_never_train_on_reserved_slices():
+    for name in ("ct-sr-x2", "ct-denoise"):
+        recipe = parse_recipe(ROOT / "datasets" / f"{name}.yaml")
+        labels = {s.label: s.split for s in recipe.sources}
+        reserved = {k: v for k, v in labels.items() if any(r in k for r in RESERVED)}
+        assert len(reserved) == 3 and set(reserved.values()) == {"val"}, name
+        assert "train" in labels.values()
+    s2 = parse_recipe(ROOT / "datasets" / "s2-sr-x4.yaml")
+    assert s2.split.holdout.rows == (0.5, 1.0) and s2.split.holdout.cols == (0.0, 0.5)
+    assert s2.degradation.scale == 4 and 0.15 <= s2.degradation.mtf_nyquist <= 0.3
+
+
+def test_committed_ct_recipe_plan_keeps_reserved_in_val():
+    pytest.importorskip("data_store", reason="pydicom-data not installed")
+    recipe = load_recipe(ROOT / "datasets" / "ct-denoise.yaml")
+    items = prep.plan(recipe)
+    for it in items:
+        if any(r in Path(it.input).name for r in RESERVED):
+            assert it.split == "val", it.id
+    assert {it.split for it in items} == {"train", "val"}
+
+
+# ---------------------------------------------------------------- bad recipes
+
+
+BAD = [
+    (with_(S2, colour="red"), "colour", "unknown field"),
+    (with_(S2, degradation={**S2["degradation"], "blur": 1}), "degradation.blur", "unknown field"),
+    (with_(S2, degradation={**S2["degradation"], "scale": "four"}), "degradation.scale", ""),
+    (with_(S2, degradation={**S2["degradation"], "scale": 3}), "degradation.scale", ""),
+    (with_(S2, patches={"size": "big"}), "patches.size", ""),
+    (with_(S2, sources=[{"path": "nowhere.tif"}]), "sources[0]", "not found"),
+    (with_(S2, sources=[{"package": "nopackage", "file": "x.tif"}]), "sources[0].package", "unknown package"),
+    (with_(S2, sources=[]), "sources", ""),
+    (with_(S2, bands=["B02", "B99"]), "bands", "B99"),
+    (with_(S2, patches={"size": 512}), "patches.size", "bigger than the image"),
+    (with_(S2, patches={"size": 66}), "patches.size", "multiple of the scale"),
+    (with_(S2, split={"holdout": {"rows": [0.0, 1.0], "cols": [0.0, 1.0]}}), "split", "no train"),
+    (with_(S2, domain="radar"), "domain", ""),
+    (with_(CT, sources=[{"path": str(DICOM / "bad_sequence.dcm")}]), "split", "no val"),
+    (with_(CT, degradation={"scale": 2}), "degradation", "fwhm"),
+    (with_(CT, sources=[{"path": str(SAMPLES / "ct_head.nii.gz")}, CT["sources"][2]]), "sources[0]", "not in HU"),
+]
+
+
+@pytest.mark.parametrize("recipe,field,text", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_recipe_one_line_error_naming_the_field(tmp_path, recipe, field, text):
+    path = write(tmp_path, recipe)
+    with pytest.raises(HiresError) as e:
+        prep.plan(load_recipe(path))
+    msg = str(e.value)
+    assert "\n" not in msg and f"field '{field}'" in msg and text in msg, msg
+    assert msg.startswith(f"recipe {path}:")
+
+
+def test_missing_sample_package_says_how_to_install(tmp_path, monkeypatch):
+    from hires_domain.data import recipes
+
+    monkeypatch.setitem(recipes.PACKAGES, "pydicom-data", ("no_such_module_xyz", "data", "pip install pydicom-data"))
+    path = write(tmp_path, with_(CT, sources=[{"package": "pydicom-data", "file": "bad_sequence.dcm"}]))
+    with pytest.raises(HiresError, match=r"source pydicom-data:bad_sequence.dcm not found: pip install pydicom-data"):
+        load_recipe(path)
+
+
+def test_cli_bad_recipe_exits_non_zero_without_traceback(tmp_path, capsys):
+    path = write(tmp_path, with_(S2, colour="red"))
+    old = sys.argv
+    sys.argv = ["hires", "prepare", str(path), str(tmp_path / "out")]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    _, errtext = capsys.readouterr()
+    lines = [ln for ln in errtext.splitlines() if ln.strip()]
+    assert e.value.code != 0 and len(lines) == 1 and lines[0].startswith("error: recipe ")
+    assert "field 'colour'" in lines[0] and "Traceback" not in errtext
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prepare_and_refuses_existing_output(tmp_path, capsys):
+    path = write(tmp_path, S2)
+    old = sys.argv
+    try:
+        for expect in (0, 2):
+            sys.argv = ["hires", "prepare", str(path), str(tmp_path / "out"), "--quiet"]
+            with pytest.raises(SystemExit) as e:
+                cli.main()
+            assert e.value.code == expect
+    finally:
+        sys.argv = old
+    assert "exists" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"] == {"train": 24, "val": 9}
