@@ -13,7 +13,7 @@ from hires_domain.errors import HiresError
 from hires_domain.io.dicom import is_dicom_file, list_series, read_dicom, write_dicom_series
 from hires_domain.io.nifti import read_nifti
 
-from conftest import dciodvfy_errors
+from support import dciodvfy_errors
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hires_domain" / "samples"
 SERIES = SAMPLES / "ct_head_series"

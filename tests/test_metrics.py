@@ -16,7 +16,7 @@ from hires_domain.models import get_model
 
 @pytest.fixture(scope="module")
 def s2(request):
-    from conftest import SAMPLES
+    from support import SAMPLES
 
     return h.read(SAMPLES / "s2_crop.tif")
 

@@ -11,7 +11,7 @@ import hires_domain as hd
 from hires_domain import geometry
 from hires_domain.demo import run_demo
 
-from conftest import dciodvfy_errors
+from support import dciodvfy_errors
 
 S = hd.Settings
 

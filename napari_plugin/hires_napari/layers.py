@@ -53,7 +53,7 @@ def to_layer_data(image: Image, name: str, mode: str = BANDS) -> list[tuple]:
     if image.kind != "raster" or (mode == BANDS and image.channels == 1):
         layers = []
         for b in range(image.channels):
-            label = name if image.channels == 1 else f"{name} [{image.band_names[b]}]"
+            label = name if image.channels == 1 else f"{name} [{band_label(image, b)}]"
             layers.append((data[b], {"name": label, "contrast_limits": contrast_limits(image, data[b]),
                                      "colormap": "gray", "metadata": _ref(image, band=b), **geo}, "image"))
         return layers
@@ -88,4 +88,9 @@ def select_band(image: Image, band: int, channels: int) -> Image:
     """One band of a ``channels``-band Image, with that band's entry of every per-band meta list."""
     meta = {k: ([v[band]] if isinstance(v, (list, tuple)) and len(v) == channels else v)
             for k, v in image.meta.items()}
-    return replace(image, band_names=(image.band_names[band],), meta=meta)
+    return replace(image, band_names=(image.band_names[band],) if image.band_names else (), meta=meta)
+
+
+def band_label(image: Image, b: int) -> str:
+    """Band ``b``'s name; medical images have none (a 4-D NIfTI's channels): 'channel n'."""
+    return image.band_names[b] if b < len(image.band_names) else f"channel {b + 1}"

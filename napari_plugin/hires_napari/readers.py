@@ -35,7 +35,8 @@ def get_reader(path):
 
 
 def get_rgb_reader(path):
-    """Reader for .tif/.tiff/.jp2 rasters with at least two bands, shown as one RGB composite."""
+    """Reader for .tif/.tiff/.jp2 rasters with at least two bands, shown as one RGB composite
+    (not a manifest reader: see ``show_rgb_composite``)."""
     try:
         path = _single(path)
         if path is None or _probe(path) != "raster" or _raster_bands(path) < 2:
@@ -84,7 +85,8 @@ def _single(path) -> str | None:
         if len(path) != 1:
             return None
         path = path[0]
-    return str(path)
+    path = str(path)
+    return path or None
 
 
 def _probe(path: str) -> str | None:
@@ -130,3 +132,18 @@ def _raster_bands(path) -> int:
                 return int(ds.count)
     except Exception:
         return 0
+
+
+def show_rgb_composite(viewer: "napari.viewer.Viewer") -> None:  # noqa: F821 (resolved by napari)
+    """Layer-list context action: add the RGB composite of the selected raster band layer's file.
+
+    napari offers the user one reader per *plugin*, not per reader contribution, and npe2 tries a
+    plugin's readers in no fixed order, so the composite is chosen here rather than by a second
+    reader. From Python: ``read_layers(path, layers.RGB)``.
+    """
+    layer = viewer.layers.selection.active
+    ref = (getattr(layer, "metadata", None) or {}).get(layers.META)
+    if ref is None or ref.kind != "raster" or not ref.source_path:
+        raise HiresError("select a band layer of a raster opened by hires-domain")
+    for data, kwargs, _ in read_layers(ref.source_path, layers.RGB):
+        viewer.add_image(data, **kwargs)

@@ -1,0 +1,24 @@
+"""npe2 sample data: the bundled CT head series and Sentinel-2 crop, opened by the readers."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from . import layers
+from .readers import read_layers
+
+
+def sample_path(name: str) -> Path:
+    """A file or directory under ``hires_domain/samples``."""
+    return Path(str(resources.files("hires_domain") / "samples" / name))
+
+
+def ct_series() -> list[tuple]:
+    """CT head series (bundled): 12 axial slices, soft-tissue window."""
+    return read_layers(sample_path("ct_head_series"), layers.BANDS)
+
+
+def s2_crop() -> list[tuple]:
+    """Sentinel-2 B02,B03,B04,B08 crop (bundled): one layer per band."""
+    return read_layers(sample_path("s2_crop.tif"), layers.BANDS)
