@@ -66,18 +66,19 @@ def main(out: Path = ROOT / "docs" / "images") -> None:
     shot(viewer, out / "napari_ct_before_after.png")
 
     # Compare: enhanced CT against the original (resampled onto the reference grid)
+    viewer.window.remove_dock_widget("all")
     compare = CompareWidget(viewer)
     viewer.window.add_dock_widget(compare, name="Compare", area="right")
     compare.result_combo.setCurrentText(viewer.layers[-1].name)
     compare.ref_combo.setCurrentText(ct)
+    compare.window_combo.setCurrentText("brain")
     compare.compare()
     shot(viewer, out / "napari_compare.png")
 
     # Sentinel-2: true-colour composite of the crop before and after x4 (bicubic), side by side
     viewer.layers.clear()
     viewer.grid.enabled = False
-    for dock in list(viewer.window._dock_widgets.values()):
-        viewer.window.remove_dock_widget(dock)
+    viewer.window.remove_dock_widget("all")
     with tempfile.TemporaryDirectory() as tmp:
         up = Path(tmp) / "s2_crop_x4.tif"
         hd.enhance_file(SAMPLES / "s2_crop.tif", up, hd.Settings("bicubic", 4, 128, 16))
