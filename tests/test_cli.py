@@ -8,31 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hires_domain import cli, models
+from hires_domain import models
 from hires_domain.models import Model, ModelInfo
 
-
-def hires(capsys, *args):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["hires", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        sys.argv = old
-    o, r = capsys.readouterr()
-    return e.value.code, o, r
-
-
-def fails(capsys, *args, match=""):
-    code, _, errtext = hires(capsys, *args)
-    lines = [ln for ln in errtext.splitlines() if ln.strip()]
-    assert code != 0, errtext
-    assert len(lines) == 1 and lines[0].startswith("error: "), errtext
-    assert "Traceback" not in errtext
-    assert match.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+from support import fails, hires
 
 
 def digest(path: Path) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from test_cli import fails, hires
+from support import fails, hires
 
 
 @pytest.fixture

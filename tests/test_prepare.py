@@ -3,21 +3,19 @@ bad recipes. Real data: the bundled Sentinel-2 crop, CT series/NIfTI and DICOM t
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from hires_domain import cli
 from hires_domain.data import degradations as deg
 from hires_domain.data import prepare as prep
 from hires_domain.data.recipes import load_recipe, parse_recipe
 from hires_domain.errors import HiresError
+from support import SAMPLES, fails, hires
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "hires_domain" / "samples"
 DICOM = Path(__file__).parent / "data" / "dicom"
 RESERVED = ("CT_small", "693_", "eCT_Supplemental")
 
@@ -316,30 +314,13 @@ def test_missing_sample_package_says_how_to_install(tmp_path, monkeypatch):
 
 def test_cli_bad_recipe_exits_non_zero_without_traceback(tmp_path, capsys):
     path = write(tmp_path, with_(S2, colour="red"))
-    old = sys.argv
-    sys.argv = ["hires", "prepare", str(path), str(tmp_path / "out")]
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        sys.argv = old
-    _, errtext = capsys.readouterr()
-    lines = [ln for ln in errtext.splitlines() if ln.strip()]
-    assert e.value.code != 0 and len(lines) == 1 and lines[0].startswith("error: recipe ")
-    assert "field 'colour'" in lines[0] and "Traceback" not in errtext
+    line = fails(capsys, "prepare", path, tmp_path / "out", match="field 'colour'")
+    assert line.startswith("error: recipe ")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_prepare_and_refuses_existing_output(tmp_path, capsys):
     path = write(tmp_path, S2)
-    old = sys.argv
-    try:
-        for expect in (0, 2):
-            sys.argv = ["hires", "prepare", str(path), str(tmp_path / "out"), "--quiet"]
-            with pytest.raises(SystemExit) as e:
-                cli.main()
-            assert e.value.code == expect
-    finally:
-        sys.argv = old
-    assert "exists" in capsys.readouterr().err
+    assert hires(capsys, "prepare", path, tmp_path / "out", "--quiet")[0] == 0
+    fails(capsys, "prepare", path, tmp_path / "out", "--quiet", match="exists")
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"] == {"train": 24, "val": 9}
