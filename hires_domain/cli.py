@@ -1,4 +1,4 @@
-"""`hires` command line: info, enhance, prepare, models, demo. Errors are one line and exit non-zero."""
+"""`hires` command line: info, enhance, prepare, train, models, demo. Errors are one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -109,6 +109,33 @@ def prepare(recipe: Path = typer.Argument(..., help="dataset recipe (YAML), e.g.
     if not quiet:
         counts = ", ".join(f"{n} {split}" for split, n in m["counts"].items())
         out.print(f"wrote {out_dir}: {counts} items ({m['domain']}, x{m['scale']}, {m['skipped']} skipped)")
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. configs/s2-sr-x4.yaml"),
+          resume: Optional[Path] = typer.Option(None, help="run or checkpoint directory to continue from"),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
+          export: Optional[str] = typer.Option(None, help="also write the final EMA generator as model NAME"),
+          export_dir: Optional[Path] = typer.Option(
+              None, help="where --export writes NAME.{safetensors,json} [default: config export.dir or OUTPUT/export]"),
+          max_steps: Optional[int] = typer.Option(None, help="stop (with a checkpoint) after this step"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
+    """Train a generator (L1 pre-training, then adversarial fine-tuning) on a prepared dataset."""
+    from .train import train as run_train
+
+    s = _run_with_progress(
+        lambda p: run_train(config, resume=resume, device=device, progress=p, export=export, export_dir=export_dir,
+                            stop_at=max_steps, say=_line),
+        quiet, f"train {config.stem}", unit="steps")
+    if not quiet:
+        v, b = s["val"] or {}, s["val_base"] or {}
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        out.print(f"{s['name']}: {s['steps']}/{s['total_steps']} steps in {s['seconds']:.0f} s on {s['device']}; "
+                  f"val PSNR {fmt(v.get('val_psnr'))} dB (base {fmt(b.get('val_psnr'))}), "
+                  f"SSIM {fmt(v.get('val_ssim'))} (base {fmt(b.get('val_ssim'))})")
+        for key in ("final", "exported"):
+            if key in s:
+                out.print(f"{key}: {s[key]}")
 
 
 def _ints(text: Optional[str], one_based: bool = True) -> Optional[list[int]]:

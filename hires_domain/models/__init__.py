@@ -67,3 +67,4 @@ def list_models() -> list[ModelInfo]:
 
 
 from . import baselines  # noqa: E402,F401  (registers the baselines)
+from . import neural  # noqa: E402,F401  (registers trained models in hires_domain/weights/)

@@ -1,0 +1,138 @@
+"""Trained networks as registry models: ``<name>.safetensors`` (weights) + ``<name>.json``.
+
+The JSON holds everything needed to rebuild and run the network without the training code:
+
+```
+{"format": "hires-model", "format_version": 1, "name", "summary", "family": "srgan",
+ "domain": "medical" | "raster", "scale", "bands": [...], "generator": {arch, in_ch, out_ch,
+ scale, nf, nb[, gc]}, "normalisation": Normaliser.to_dict(), "halo", "card", "training": {...}}
+```
+
+Weights are read with ``safetensors.torch.load_file`` only (never pickle). At import every
+``hires_domain/weights/*.json`` is registered (plus ``*.json`` in the directories listed in
+``$HIRES_MODELS_DIR``, ``os.pathsep``-separated), so ``hires models`` lists them and ``hires
+enhance --model NAME`` runs them through the tiler. ``predict`` takes and returns physical units
+(HU or DN): it normalises, runs the generator and de-normalises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import HiresError
+from ..intensity import Normaliser
+from . import Model, ModelInfo, register
+from .generators import build_generator
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+ENV_VAR = "HIRES_MODELS_DIR"
+FORMAT = "hires-model"
+
+
+def model_json(name: str, generator, normaliser: Normaliser, domain: str, bands, summary: str = "",
+               card: str = "", training: dict | None = None) -> dict:
+    hp = generator.hparams()
+    return {"format": FORMAT, "format_version": 1, "name": name,
+            "summary": summary or f"{hp['arch']} x{hp['scale']} ({domain}, {len(bands)} band(s))",
+            "family": "srgan", "domain": domain, "scale": hp["scale"], "bands": list(bands),
+            "generator": hp, "normalisation": normaliser.to_dict(), "halo": generator.receptive_radius(),
+            "card": card, "training": training or {}}
+
+
+def save_model(directory, name: str, generator, normaliser: Normaliser, domain: str, bands,
+               summary: str = "", card: str = "", training: dict | None = None) -> tuple[Path, Path]:
+    """Write ``<dir>/<name>.safetensors`` and ``<dir>/<name>.json`` (weights as float32, CPU)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = model_json(name, generator, normaliser, domain, bands, summary, card, training)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in generator.state_dict().items()}
+    st, js = d / f"{name}.safetensors", d / f"{name}.json"
+    save_file(state, str(st), metadata={"format": FORMAT, "name": name})
+    js.write_text(json.dumps(meta, indent=1))
+    return st, js
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise HiresError(f"model file {path}: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise HiresError(f"model file {path}: not a {FORMAT} JSON")
+    return meta
+
+
+class NeuralModel(Model):
+    """A generator + normaliser loaded from ``<name>.json`` / ``<name>.safetensors``."""
+
+    def __init__(self, json_path, meta: dict | None = None):
+        self.path = Path(json_path)
+        self.meta = meta or _read_json(self.path)
+        m = self.meta
+        self.info = ModelInfo(m["name"], m.get("summary", ""), m.get("family", "srgan"), (m["domain"],),
+                              (int(m["scale"]),), len(m["bands"]), int(m["halo"]), m.get("card", ""))
+        self.normaliser = Normaliser.from_dict(m["normalisation"])
+        self._net = None
+
+    @property
+    def net(self) -> torch.nn.Module:
+        if self._net is None:
+            from safetensors.torch import load_file
+
+            st = self.path.with_suffix(".safetensors")
+            if not st.is_file():
+                raise HiresError(f"model '{self.info.name}': weights file {st} missing")
+            g = dict(self.meta["generator"])
+            net = build_generator(g.pop("arch"), g.pop("in_ch"), g.pop("out_ch"), g.pop("scale"), **g)
+            try:
+                net.load_state_dict(load_file(str(st)))
+            except RuntimeError as exc:
+                raise HiresError(f"model '{self.info.name}': weights do not match its JSON "
+                                 f"({str(exc).splitlines()[0]})") from None
+            self._net = net.eval()
+        return self._net
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        if scale != self.info.scales[0]:
+            raise HiresError(f"model '{self.info.name}' cannot do x{scale}; it supports x{self.info.scales[0]}")
+        net = self.net
+        p = next(net.parameters())
+        if p.device != x.device:
+            net.to(x.device)
+        y = net(self.normaliser.forward(x.to(torch.float32)))
+        return self.normaliser.inverse(y).to(x.dtype)
+
+
+def load_model(json_path) -> NeuralModel:
+    return NeuralModel(json_path)
+
+
+def model_dirs() -> list[Path]:
+    dirs = [WEIGHTS_DIR]
+    dirs += [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    return dirs
+
+
+def register_dir(directory) -> list[str]:
+    """Register every model JSON in ``directory``; returns the names."""
+    names = []
+    for js in sorted(Path(directory).glob("*.json")):
+        try:
+            meta = _read_json(js)
+        except HiresError:
+            continue
+        register(meta["name"], lambda js=js, meta=meta: NeuralModel(js, meta))
+        names.append(meta["name"])
+    return names
+
+
+for _d in model_dirs():
+    if _d.is_dir():
+        register_dir(_d)

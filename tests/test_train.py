@@ -1,0 +1,147 @@
+"""Training: a tiny config on a tiny real dataset (the bundled Sentinel-2 crop, prepared with
+`hires prepare`) trains in seconds and beats its own start; resume; bad configs; no pickle."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hires_domain.errors import HiresError
+from hires_domain.train import load_config, parse_config, train
+from support import SAMPLES, fails, hires
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = {
+    "name": "t-s2", "domain": "satellite", "sources": [{"path": str(SAMPLES / "s2_crop.tif")}],
+    "bands": ["B02", "B03", "B04", "B08"],
+    "degradation": {"scale": 4, "mtf_nyquist": 0.3, "noise": {"sigma_add": 2.0, "sigma_signal": 0.3},
+                    "quantise": "uint16"},
+    "patches": {"size": 64, "stride": 32},
+    "split": {"holdout": {"rows": [0.5, 1.0], "cols": [0.0, 0.5]}},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds")
+    (d / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    from hires_domain.data.prepare import prepare  # what `hires prepare` runs
+
+    prepare(d / "r.yaml", d / "s2")
+    return d / "s2"
+
+
+def config(dataset, out, **train):
+    base = yaml.safe_load((ROOT / "configs" / "tiny-test.yaml").read_text())
+    base["dataset"], base["output"] = str(dataset), str(out)
+    base["train"].update(train)
+    return base
+
+
+def write(tmp_path, cfg, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_tiny_config_trains_and_beats_its_initial_loss(dataset, tmp_path, capsys):
+    path = write(tmp_path, config(dataset, tmp_path / "run"))
+    code, _, err = hires(capsys, "train", path, "--quiet", "--device", "cpu", "--export", "tiny",
+                         "--export-dir", tmp_path / "export")
+    assert code == 0, err
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["finished"] and s["steps"] == 110
+    assert s["seconds"] < 15
+    assert s["probe_l1_final"] < 0.99 * s["probe_l1_initial"]  # measurably better than the start
+    assert s["val"]["val_psnr"] > s["val_base"]["val_psnr"] + 0.05  # and than bicubic on held-out data
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,phase,loss,l1") and any(",gan," in r for r in rows)
+    meta = json.loads((tmp_path / "export" / "tiny.json").read_text())
+    assert meta["scale"] == 4 and meta["bands"] == RECIPE["bands"] and meta["normalisation"]["kind"] == "reflectance"
+    assert meta["domain"] == "raster" and meta["halo"] >= 2 and meta["training"]["steps"] == 110
+
+
+def test_checkpoints_contain_no_pickle(dataset, tmp_path):
+    cfg = parse_config(config(dataset, tmp_path / "run", pretrain_steps=4, gan_steps=2, checkpoint_every=3))
+    train(cfg, device="cpu")
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert files and {p.suffix for p in files} <= {".safetensors", ".json", ".csv", ".txt"}
+    for p in files:
+        assert not p.read_bytes()[:2].startswith(b"\x80")  # pickle protocol header
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000006"
+    assert {p.name for p in ckpt.iterdir()} == {"generator.safetensors", "ema.safetensors", "discriminator.safetensors",
+                                               "optim_g.safetensors", "optim_d.safetensors", "rng.safetensors",
+                                               "state.json"}
+
+
+def test_resume_equals_uninterrupted_run(dataset, tmp_path):
+    """A deterministic CPU run stopped at step 5 and resumed ends with the very same weights
+    (generator, EMA, discriminator) and step count as one that never stopped."""
+    kw = dict(pretrain_steps=6, gan_steps=4, checkpoint_every=5, val_every=100)
+    full = parse_config(config(dataset, tmp_path / "full", **kw))
+    train(full, device="cpu")
+    part = parse_config(config(dataset, tmp_path / "part", **kw))
+    s1 = train(part, device="cpu", stop_at=5)
+    assert s1["steps"] == 5 and not s1["finished"] and "final" not in s1
+    s2 = train(part, device="cpu", resume=tmp_path / "part")
+    assert s2["steps"] == 10 and s2["finished"] and s2["resumed_from"].endswith("step_0000005")
+    a, b = tmp_path / "full" / "checkpoints" / "step_0000010", tmp_path / "part" / "checkpoints" / "step_0000010"
+    for f in ("generator", "ema", "discriminator", "optim_g"):
+        ta, tb = load_file(str(a / f"{f}.safetensors")), load_file(str(b / f"{f}.safetensors"))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (f, k)
+    steps = [r.split(",")[0] for r in (tmp_path / "part" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [r.split(",")[0] for r in (tmp_path / "full" / "log.csv").read_text().splitlines()[1:]]
+
+
+def test_resume_refuses_a_different_architecture(dataset, tmp_path):
+    train(parse_config(config(dataset, tmp_path / "a", pretrain_steps=2, gan_steps=0)), device="cpu")
+    other = config(dataset, tmp_path / "b", pretrain_steps=4, gan_steps=0)
+    other["generator"]["nf"] = 12
+    with pytest.raises(HiresError, match="differs"):
+        train(parse_config(other), device="cpu", resume=tmp_path / "a")
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda c: c.update(colour=1), "colour"),
+    (lambda c: c["train"].update(batch_size="many"), "train.batch_size"),
+    (lambda c: c["train"].update(bogus=1), "train.bogus"),
+    (lambda c: c["generator"].update(arch="unet"), "generator.arch"),
+    (lambda c: c.pop("dataset"), "dataset"),
+    (lambda c: c.update(dataset="/nonexistent/ds"), "dataset"),
+    (lambda c: c["train"].update(patch_size=34), "train.patch_size"),
+    (lambda c: (c.pop("discriminator"), c["train"].update(gan_steps=5)), "<root>"),
+])
+def test_bad_config_one_line_error_naming_the_field(dataset, tmp_path, capsys, change, field):
+    cfg = config(dataset, tmp_path / "run")
+    change(cfg)
+    path = write(tmp_path, cfg)
+    line = fails(capsys, "train", path, "--quiet", match=f"field '{field}'")
+    assert line.startswith(f"error: config {path}:")
+    assert not (tmp_path / "run").exists()
+
+
+def test_scale_not_supported_by_the_architecture(dataset, tmp_path):
+    import shutil
+
+    ds = tmp_path / "x3"
+    shutil.copytree(dataset, ds)
+    m = json.loads((ds / "manifest.json").read_text())
+    m["scale"] = 3
+    (ds / "manifest.json").write_text(json.dumps(m))
+    path = write(tmp_path, config(ds, tmp_path / "run"))
+    with pytest.raises(HiresError, match="field 'generator.arch': dataset scale x3 not supported"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["tiny-test", "s2-sr-x4", "s2-sr-x4-gpu", "ct-sr-x2", "ct-sr-x2-gpu",
+                                  "ct-denoise", "ct-denoise-gpu"])
+def test_shipped_configs_are_valid(name):
+    data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    cfg = parse_config(data, name)
+    assert cfg.total_steps > 0
