@@ -91,27 +91,28 @@ def sam_loss(pred, target, mask=None):
     return _masked_mean(spectral_angle(pred, target), _mask(mask, pred))
 
 
-def relativistic_d_loss(real_logits, fake_logits, mask=None):
-    """Relativistic average GAN, discriminator side: real should look *more* real than the
-    average fake, fake less real than the average real (ESRGAN eq. 1-2). Per-pixel logits are
-    averaged over valid pixels only."""
-    m = _mask(mask, real_logits)
-    real_mean, fake_mean = _masked_mean(real_logits, m), _masked_mean(fake_logits, m)
-    bce = F.binary_cross_entropy_with_logits
-    loss_real = bce(real_logits - fake_mean, torch.ones_like(real_logits), reduction="none")
-    loss_fake = bce(fake_logits - real_mean, torch.zeros_like(fake_logits), reduction="none")
-    return 0.5 * (_masked_mean(loss_real, m) + _masked_mean(loss_fake, m))
-
-
-def relativistic_g_loss(real_logits, fake_logits, mask=None):
-    """Relativistic average GAN, generator side (labels swapped; real logits detached)."""
-    real_logits = real_logits.detach()
+def _relativistic(real_logits, fake_logits, mask, real_is_real: bool):
+    """Relativistic average GAN (ESRGAN eq. 1-2): each side's logits against the other side's
+    mean, averaged over valid pixels; ``real_is_real`` False swaps the labels (generator side)."""
     m = _mask(mask, fake_logits)
     real_mean, fake_mean = _masked_mean(real_logits, m), _masked_mean(fake_logits, m)
     bce = F.binary_cross_entropy_with_logits
-    loss_real = bce(real_logits - fake_mean, torch.zeros_like(real_logits), reduction="none")
-    loss_fake = bce(fake_logits - real_mean, torch.ones_like(fake_logits), reduction="none")
+    target = torch.ones_like if real_is_real else torch.zeros_like
+    other = torch.zeros_like if real_is_real else torch.ones_like
+    loss_real = bce(real_logits - fake_mean, target(real_logits), reduction="none")
+    loss_fake = bce(fake_logits - real_mean, other(fake_logits), reduction="none")
     return 0.5 * (_masked_mean(loss_real, m) + _masked_mean(loss_fake, m))
+
+
+def relativistic_d_loss(real_logits, fake_logits, mask=None):
+    """Discriminator side: real should look *more* real than the average fake, fake less real
+    than the average real."""
+    return _relativistic(real_logits, fake_logits, mask, real_is_real=True)
+
+
+def relativistic_g_loss(real_logits, fake_logits, mask=None):
+    """Generator side: the labels swapped, real logits detached."""
+    return _relativistic(real_logits.detach(), fake_logits, mask, real_is_real=False)
 
 
 def feature_matching_loss(fake_feats, real_feats, mask=None):
