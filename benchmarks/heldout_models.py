@@ -78,7 +78,7 @@ def sr_rows(dataset: Path, manifest: dict, model: str) -> dict:
 
 def _tune(method, train) -> float:
     """The strength of a classical denoiser that maximises mean PSNR (HU range) on train items."""
-    grid = {"nlm": [10, 20, 40, 60, 80, 120], "tv": [5, 10, 20, 40, 80, 160]}[method]
+    grid = {"nlm": [20, 40, 80, 120, 160, 240, 320], "tv": [10, 40, 80, 160, 240, 320, 480]}[method]
     best, best_psnr = grid[0], -np.inf
     for p in grid:
         scores = [hd.metrics.psnr(_classical(method, p, lr)[None], hr[None], 4095.0).value for lr, hr in train]

@@ -20,7 +20,9 @@ JOBS = [
     ("CT series (DICOM) -> derived series", "ct_head_series", "ct_series_x2",
      Settings("bicubic", 2, 128, 16)),
     ("CT volume (NIfTI)", "ct_head.nii.gz", "ct_head_x2.nii.gz", Settings("bicubic", 2, 128, 16)),
-    ("Sentinel-2 B02,B03,B04,B08 crop (GeoTIFF)", "s2_crop.tif", "s2_crop_x4.tif",
+    ("Sentinel-2 B02,B03,B04,B08 crop (GeoTIFF), shipped model", "s2_crop.tif", "s2_crop_x4.tif",
+     Settings("s2-sr-x4", 4, 128, 16)),
+    ("Sentinel-2 crop, bicubic baseline for comparison", "s2_crop.tif", "s2_crop_x4_bicubic.tif",
      Settings("bicubic", 4, 128, 16)),
 ]
 

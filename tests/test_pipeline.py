@@ -114,7 +114,9 @@ def test_raster_failure_mid_stream_leaves_nothing(samples, tmp_path, monkeypatch
 
 def test_demo_runs_on_bundled_samples(tmp_path):
     rows = run_demo(tmp_path / "demo", device="cpu", quiet=True)
-    assert [r["out_shape"] for r in rows] == [[1, 12, 256, 256], [1, 32, 256, 256], [4, 1024, 1024]]
+    assert [r["out_shape"] for r in rows] == [[1, 12, 256, 256], [1, 32, 256, 256], [4, 1024, 1024],
+                                              [4, 1024, 1024]]
+    assert rows[2]["model"] == "s2-sr-x4"  # the shipped model runs in the demo
     for name in ["ct_series_x2", "ct_head_x2.nii.gz", "s2_crop_x4.tif", "summary.md", "summary.json",
                  "ct_series_x2_preview.png", "s2_crop_x4_preview.png"]:
         assert (tmp_path / "demo" / name).exists(), name
