@@ -14,6 +14,16 @@ from hires_domain import cli
 SAMPLES = Path(str(resources.files("hires_domain") / "samples"))
 DATA = Path(__file__).parent / "data"
 
+# a small `hires prepare` recipe on the bundled Sentinel-2 crop (x4, S2-like MTF and noise)
+S2_RECIPE = {
+    "name": "t-s2", "domain": "satellite", "sources": [{"path": str(SAMPLES / "s2_crop.tif")}],
+    "bands": ["B02", "B03", "B04", "B08"],
+    "degradation": {"scale": 4, "mtf_nyquist": 0.3, "noise": {"sigma_add": 2.0, "sigma_signal": 0.3},
+                    "quantise": "uint16"},
+    "patches": {"size": 64, "stride": 32},
+    "split": {"holdout": {"rows": [0.5, 1.0], "cols": [0.0, 0.5]}},
+}
+
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """'Error' lines of dicom3tools' validator; skips when it is missing (fails in CI instead)."""

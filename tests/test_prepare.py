@@ -13,21 +13,13 @@ from hires_domain.data import degradations as deg
 from hires_domain.data import prepare as prep
 from hires_domain.data.recipes import load_recipe, parse_recipe
 from hires_domain.errors import HiresError
-from support import SAMPLES, fails, hires
+from support import S2_RECIPE, SAMPLES, fails, hires
 
 ROOT = Path(__file__).resolve().parents[1]
 DICOM = Path(__file__).parent / "data" / "dicom"
 RESERVED = ("CT_small", "693_", "eCT_Supplemental")
 
-S2 = {
-    "name": "t-s2", "domain": "satellite", "sources": [{"path": str(SAMPLES / "s2_crop.tif")}],
-    "bands": ["B02", "B03", "B04", "B08"],
-    "degradation": {"scale": 4, "mtf_nyquist": 0.3, "noise": {"sigma_add": 2.0, "sigma_signal": 0.3},
-                    "quantise": "uint16"},
-    "patches": {"size": 64, "stride": 32},
-    "split": {"holdout": {"rows": [0.5, 1.0], "cols": [0.0, 0.5]}},
-    "seed": 3,
-}
+S2 = {**S2_RECIPE, "seed": 3}
 CT = {
     "name": "t-ct", "domain": "medical-sr",
     "sources": [{"path": str(DICOM / "bad_sequence.dcm")}, {"path": str(DICOM / "explicit_VR-UN.dcm")},

@@ -11,18 +11,11 @@ from safetensors.torch import load_file
 
 from hires_domain.errors import HiresError
 from hires_domain.train import load_config, parse_config, train
-from support import SAMPLES, fails, hires
+from support import S2_RECIPE, fails, hires
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPE = {
-    "name": "t-s2", "domain": "satellite", "sources": [{"path": str(SAMPLES / "s2_crop.tif")}],
-    "bands": ["B02", "B03", "B04", "B08"],
-    "degradation": {"scale": 4, "mtf_nyquist": 0.3, "noise": {"sigma_add": 2.0, "sigma_signal": 0.3},
-                    "quantise": "uint16"},
-    "patches": {"size": 64, "stride": 32},
-    "split": {"holdout": {"rows": [0.5, 1.0], "cols": [0.0, 0.5]}},
-}
+RECIPE = S2_RECIPE
 
 
 @pytest.fixture(scope="module")
