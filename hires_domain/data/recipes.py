@@ -9,11 +9,10 @@ import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
-from ..errors import HiresError
 from ..io import RASTER_SUFFIXES
+from ..settings_files import field_error, read_mapping, validation_error
 
 # distribution name -> (module, data folder inside it, how to install it)
 PACKAGES = {
@@ -188,40 +187,17 @@ _TAGS = {"satellite", "medical-sr", "low-dose-ct"}
 
 
 def fail(path, field: str, msg: str) -> HiresError:
-    return HiresError(f"recipe {path}: field '{field}': {msg}")
-
-
-def _message(err: dict) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    if err["type"] == "missing":
-        return "required field is missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{msg} (got {err['input']!r})" if err["type"] not in ("value_error",) and not isinstance(
-        err["input"], (dict, list)) else msg
+    return field_error(f"recipe {path}", field, msg)
 
 
 def parse_recipe(path) -> SatelliteRecipe | MedicalRecipe | DoseRecipe:
     """Validate a YAML recipe (schema only; sources not resolved)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise HiresError(f"cannot read recipe {path}: {e.strerror}")
-    except yaml.YAMLError as e:
-        raise HiresError(f"recipe {path}: not valid YAML: {' '.join(str(e).split())}")
-    if not isinstance(raw, dict):
-        raise HiresError(f"recipe {path}: expected a mapping of fields at the top level")
+    raw = read_mapping(path, f"recipe {path}")
     try:
         recipe = _ADAPTER.validate_python(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = [str(x) if not isinstance(x, int) else f"[{x}]" for x in first["loc"]]
-        if loc and loc[0] in _TAGS:
-            loc = loc[1:]
-        field = ".".join(loc).replace(".[", "[") or "domain"
-        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
-        raise fail(path, field, _message(first) + more) from None
+        raise validation_error(f"recipe {path}", e, skip=_TAGS, root="domain") from None
     recipe._path = str(path)
     return recipe
 

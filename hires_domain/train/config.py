@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import HiresError
 from ..models.generators import PRESETS, SCALES
+from ..settings_files import read_mapping, validation_error
 
 
 class _Strict(BaseModel):
@@ -115,24 +115,13 @@ class TrainConfig(_Strict):
         return self.train.pretrain_steps + self.train.gan_steps
 
 
-def _field(loc) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "<root>"
-
-
 def parse_config(data: dict, where: str = "config", base: Path = Path(".")) -> TrainConfig:
     if not isinstance(data, dict):
         raise HiresError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        msg = e["msg"].replace("Value error, ", "")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "missing":
-            msg = "required field missing"
-        loc = _field(e["loc"])
-        raise HiresError(" ".join(f"{where}: field '{loc}': {msg}".split())) from None
+        raise validation_error(where, exc) from None
     cfg._base = Path(base)
     return cfg
 
@@ -141,13 +130,7 @@ def load_config(path) -> TrainConfig:
     """Read, validate and check a config against its dataset (exists, scale supported)."""
     path = Path(path)
     where = f"config {path}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise HiresError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise HiresError(" ".join(f"{where}: not valid YAML ({exc})".split())) from None
-    cfg = parse_config(data, where, path.resolve().parent)
+    cfg = parse_config(read_mapping(path, where), where, path.resolve().parent)
     check_dataset(cfg, where)
     return cfg
 
