@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,12 @@ def field_error(where: str, field: str, msg: str) -> HiresError:
     return HiresError(" ".join(f"{where}: field '{field}': {msg}".split()))
 
 
+def _union_member(part: str) -> bool:
+    """Location parts pydantic adds for union members and validators (``float``,
+    ``list[literal['a','b']]``, ``function-after[...]``): not field names."""
+    return part in ("float", "int", "str", "bool") or bool(re.fullmatch(r"[a-z-]+\[.*\]", part))
+
+
 def validation_error(where: str, exc: ValidationError, skip=(), root: str = "<root>") -> HiresError:
     """The first pydantic error as ``where: field 'a.b[0]': message`` (plus how many more).
 
@@ -34,7 +41,7 @@ def validation_error(where: str, exc: ValidationError, skip=(), root: str = "<ro
     """
     err = exc.errors()[0]
     parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]
-             if p not in skip and not str(p).startswith("function-")]
+             if p not in skip and not _union_member(str(p))]
     field = ".".join(parts).replace(".[", "[") or root
     if err["type"] == "extra_forbidden":
         msg = "unknown field"

@@ -240,6 +240,19 @@ def test_low_dose_recipe_items(tmp_path):
     assert 5.0 < np.std(out["lr"] - out["hr"]) < 300.0
 
 
+def test_low_dose_recipe_takes_mapped_phantom_sources(tmp_path):
+    recipe = {"name": "t", "domain": "low-dose-ct", "degradation": {"dose": [0.25, 0.25], "n_angles": 90},
+              "sources": [{"path": str(DICOM / "bad_sequence.dcm"), "to_range": [-1000.0, 1000.0]},
+                          {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}]}
+    recipe = load_recipe(write(tmp_path, recipe))
+    train = next(it for it in prep.plan(recipe) if it.split == "train")
+    assert train.params["map_linear"] is not None and train.params["hu_floor"] is None
+    out = prep.process(train, recipe)
+    lo, hi = np.percentile(out["hr"], [0.5, 99.5])
+    assert lo == pytest.approx(-1000.0, abs=1.0) and hi == pytest.approx(1000.0, abs=1.0)
+    assert out["valid"].all() and 5.0 < np.std(out["lr"] - out["hr"]) < 1000.0  # 90 views: streaks too
+
+
 def test_committed_recipes_never_train_on_reserved_slices():
     for name in ("ct-sr-x2", "ct-denoise"):
         recipe = parse_recipe(ROOT / "datasets" / f"{name}.yaml")
@@ -249,7 +262,10 @@ def test_committed_recipes_never_train_on_reserved_slices():
         assert "train" in labels.values()
     s2 = parse_recipe(ROOT / "datasets" / "s2-sr-x4.yaml")
     assert s2.split.holdout.rows == (0.5, 1.0) and s2.split.holdout.cols == (0.0, 0.5)
-    assert s2.degradation.scale == 4 and 0.15 <= s2.degradation.mtf_nyquist <= 0.3
+    # a PSF range from plain area averaging (1.0) to a total MTF inside the MSI's 0.15-0.3
+    lo, hi = s2.degradation.mtf_nyquist
+    assert s2.degradation.scale == 4 and s2.degradation.decimation == "area"
+    assert hi == 1.0 and 0.15 <= 0.637 * lo <= 0.3
 
 
 def test_committed_ct_recipe_plan_keeps_reserved_in_val():
@@ -260,6 +276,44 @@ def test_committed_ct_recipe_plan_keeps_reserved_in_val():
         if any(r in Path(it.input).name for r in RESERVED):
             assert it.split == "val", it.id
     assert {it.split for it in items} == {"train", "val"}
+
+
+def test_degradation_ranges_draw_per_item_and_variants_multiply_training_patches(tmp_path):
+    recipe = with_(S2, degradation={**S2["degradation"], "mtf_nyquist": [0.3, 1.0],
+                                    "decimation": ["sample", "area"], "variants": 3})
+    items = prep.plan(load_recipe(write(tmp_path, recipe)))
+    single = prep.plan(load_recipe(write(tmp_path, with_(S2, degradation={**S2["degradation"], "mtf_nyquist": 0.3}))))
+    train = [it for it in items if it.split == "train"]
+    val = [it for it in items if it.split == "val"]
+    # every training location three times, validation once; the halo covers the blurriest draw
+    assert len(train) == 3 * sum(it.split == "train" for it in single)
+    assert len(val) == sum(it.split == "val" for it in single) and not any("-v" in it.id for it in val)
+    assert {it.id.rsplit("-v", 1)[1] for it in train} == {"0", "1", "2"}
+    assert {it.params["halo"] for it in items} == {single[0].params["halo"]}
+    mtfs = [it.params["mtf_nyquist"] for it in items]
+    assert 0.3 <= min(mtfs) and max(mtfs) <= 1.0 and len(set(mtfs)) == len(items)
+    assert {it.params["decimation"] for it in items} == {"sample", "area"}
+    # reproducible: the same recipe plans the same draws
+    again = prep.plan(load_recipe(write(tmp_path, recipe, "again.yaml")))
+    assert [it.params for it in again] == [it.params for it in items]
+
+
+def test_no_blur_and_area_decimation_is_the_block_mean(tmp_path):
+    recipe = with_(S2, degradation={"scale": 4, "mtf_nyquist": 1.0, "decimation": "area"})
+    recipe_ = load_recipe(write(tmp_path, recipe))
+    item = prep.plan(recipe_)[0]
+    out = prep.process(item, recipe_)
+    block = out["hr"].reshape(4, 16, 4, 16, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(out["lr"], block, rtol=1e-6)
+    ct = load_recipe(write(tmp_path, with_(CT, degradation={"scale": 2, "fwhm_lr_pixels": [0.0, 1.0],
+                                                               "variants": 2}), "ct.yaml"))
+    items = prep.plan(ct)
+    assert sum(it.split == "train" for it in items) == 4 and sum(it.split == "val" for it in items) == 1
+    assert all(0.0 <= it.params["fwhm_mm"] <= 2 * max(it.params["pixel_mm"]) for it in items)
+    flat = load_recipe(write(tmp_path, with_(CT, degradation={"scale": 2, "fwhm_mm": 0.0}), "flat.yaml"))
+    out = prep.process(prep.plan(flat)[0], flat)
+    h, w = out["lr"].shape[1:]
+    np.testing.assert_allclose(out["lr"][0], out["hr"][0].reshape(h, 2, w, 2).mean(axis=(1, 3)), rtol=1e-5, atol=1e-3)
 
 
 # ---------------------------------------------------------------- bad recipes
@@ -281,6 +335,11 @@ BAD = [
     (with_(S2, domain="radar"), "domain", ""),
     (with_(CT, sources=[{"path": str(DICOM / "bad_sequence.dcm")}]), "split", "no val"),
     (with_(CT, degradation={"scale": 2}), "degradation", "fwhm"),
+    (with_(S2, degradation={**S2["degradation"], "mtf_nyquist": [0.5, 0.3]}), "degradation", "lo <= hi"),
+    (with_(S2, degradation={**S2["degradation"], "mtf_nyquist": 1.5}), "degradation", "mtf_nyquist 1.5"),
+    (with_(S2, degradation={**S2["degradation"], "variants": 0}), "degradation.variants", ""),
+    (with_(S2, degradation={**S2["degradation"], "decimation": []}), "degradation.decimation", ""),
+    (with_(CT, degradation={"scale": 2, "fwhm_mm": -1.0}), "degradation", "fwhm_mm -1.0"),
     (with_(CT, sources=[{"path": str(SAMPLES / "ct_head.nii.gz")}, CT["sources"][2]]), "sources[0]", "not in HU"),
 ]
 

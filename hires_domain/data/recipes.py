@@ -101,24 +101,54 @@ class Noise(_Model):
     sigma_signal: float = Field(default=0.0, ge=0.0)
 
 
+Decimation = Literal["sample", "area"]
+Decimations = Union[Decimation, Annotated[list[Decimation], Field(min_length=1)]]
+
+
+def _in_range(value, lo: float, hi: float, what: str, lo_allowed: bool) -> None:
+    """A number or a range ``[a, b]`` (``a <= b``) within ``[lo, hi]`` (``(lo, hi]`` unless ``lo_allowed``)."""
+    a, b = value if isinstance(value, tuple) else (value, value)
+    if not (lo <= a if lo_allowed else lo < a) or not a <= b <= hi:
+        shown = f"[{a}, {b}]" if isinstance(value, tuple) else str(value)
+        raise ValueError(f"{what} {shown} must lie in {'[' if lo_allowed else '('}{lo}, {hi}]"
+                         + (" with lo <= hi" if isinstance(value, tuple) else ""))
+
+
 class SatelliteDegradation(_Model):
+    """``mtf_nyquist``: a value, or ``[lo, hi]`` drawn uniformly per item (1.0 = no extra blur);
+    ``decimation``: a mode or a list drawn from per item; ``variants``: LR versions per training
+    patch, each with its own draw (validation patches get one)."""
+
     scale: Literal[2, 4]
-    mtf_nyquist: float = Field(gt=0.0, lt=1.0)
+    mtf_nyquist: Union[float, tuple[float, float]]
     noise: Noise = Noise()
     quantise: Optional[Literal["uint8", "uint16", "int16"]] = None
-    decimation: Literal["sample", "area"] = "sample"
+    decimation: Decimations = "sample"
+    variants: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _mtf(self):
+        _in_range(self.mtf_nyquist, 0.0, 1.0, "mtf_nyquist", lo_allowed=False)
+        return self
 
 
 class MedicalDegradation(_Model):
+    """The PSF FWHM (``fwhm_mm`` or ``fwhm_lr_pixels``): a value, or ``[lo, hi]`` drawn uniformly
+    per item (0 = plain decimation); ``variants`` as for satellite recipes."""
+
     scale: Literal[2, 4]
-    fwhm_mm: Optional[float] = Field(default=None, gt=0.0)
-    fwhm_lr_pixels: Optional[float] = Field(default=None, gt=0.0)
-    decimation: Literal["sample", "area"] = "area"
+    fwhm_mm: Optional[Union[float, tuple[float, float]]] = None
+    fwhm_lr_pixels: Optional[Union[float, tuple[float, float]]] = None
+    decimation: Decimations = "area"
+    variants: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _one_fwhm(self):
         if (self.fwhm_mm is None) == (self.fwhm_lr_pixels is None):
             raise ValueError("give exactly one of 'fwhm_mm' and 'fwhm_lr_pixels'")
+        for name in ("fwhm_mm", "fwhm_lr_pixels"):
+            if getattr(self, name) is not None:
+                _in_range(getattr(self, name), 0.0, 1e3, name, lo_allowed=True)
         return self
 
 
