@@ -87,7 +87,8 @@ def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> 
     return spec, predict
 
 
-def _factors(image: Image, scale: int) -> tuple[int, ...]:
+def inplane_factors(image: Image, scale: int) -> tuple[int, ...]:
+    """Per-axis refinement of an in-plane ``scale`` (slices and other leading axes unchanged)."""
     lead = len(image.spatial_shape) - 2
     return (1,) * lead + (scale, scale)
 
@@ -98,7 +99,7 @@ def _human(nbytes: float) -> str:
 
 def check_size(image: Image, scale: int, streamed_to: Path | None = None) -> tuple[int, ...]:
     """Refuse absurd outputs before allocating anything; returns the output spatial shape."""
-    out = geometry.upscaled_shape(image.spatial_shape, _factors(image, scale))
+    out = geometry.upscaled_shape(image.spatial_shape, inplane_factors(image, scale))
     dims = " x ".join(str(n) for n in (image.channels, *out))
     if streamed_to is None:
         need = 4 * image.channels * int(np.prod(out, dtype=np.float64))
@@ -141,7 +142,7 @@ def enhance(image: Image, model: str = "bicubic", scale: int = 2, tile: int = 25
     fill = np.nan if image.nodata is None else image.nodata
     sink = tiling.ArraySink((image.channels, *out), fill=fill)
     _drain(iter_enhance(image, sink, s), progress)
-    return image.with_data(sink.array, factors=_factors(image, scale),
+    return image.with_data(sink.array, factors=inplane_factors(image, scale),
                            meta={**image.meta, "provenance": s.describe()})
 
 
@@ -172,7 +173,7 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
         from .io.raster import RasterSink
 
         out = check_size(image, settings.scale, streamed_to=dst)
-        affine = geometry.upscaled_affine(image.affine, _factors(image, settings.scale))
+        affine = geometry.upscaled_affine(image.affine, inplane_factors(image, settings.scale))
         with io.atomic_output(dst) as tmp:
             meta = {**image.meta, "nodata": image.nodata}
             with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,

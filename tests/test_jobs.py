@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib import resources
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,72 @@ def test_region_of_a_lazy_layer_reads_only_the_region(s2):
     assert lazy.reads == [region.slices] and job.fingerprint.checksum == 0
     assert job.image.spatial_shape == (32, 48)
     assert jobs.stale_reason(job, 1, lazy) is None
+
+
+def _s2_bands():
+    image = read(SAMPLES / "s2_crop.tif")
+    try:
+        return layers.to_layer_data(image, "s2_crop"), image.affine
+    finally:
+        image.data.close()
+
+
+def test_band_sets_offer_complete_rasters_only():
+    specs, _ = _s2_bands()
+    entries = [(kw["name"], kw["metadata"]) for _, kw, _ in specs]
+    assert jobs.band_sets(entries) == {"s2_crop [all 4 bands]": [name for name, _ in entries]}
+    assert jobs.band_sets(entries[:3]) == {}  # one band layer closed: no set
+    again = [(f"{name} [1]", meta) for name, meta in _s2_bands_entries()]
+    sets = jobs.band_sets(entries + again)  # the same file opened twice: two sets, two labels
+    assert len(sets) == 2 and all(len(v) == 4 for v in sets.values())
+    ct_data, ct_kwargs = _layer("ct_head_series")
+    assert jobs.band_sets([("ct", ct_kwargs["metadata"])]) == {}
+
+
+def _s2_bands_entries():
+    specs, _ = _s2_bands()
+    return [(kw["name"], kw["metadata"]) for _, kw, _ in specs]
+
+
+def test_capture_bands_feeds_the_shipped_four_band_model():
+    """All band layers of a raster as one input: s2-sr-x4 on a region equals the library run on
+    the same crop of the file, and the result is again a complete band set on the input's grid."""
+    specs, affine = _s2_bands()
+    region = jobs.Region((96, 64), (160, 128))
+    members = [(data, kw["metadata"], i, None) for i, (data, kw, _) in enumerate(specs)]
+    s = Settings("s2-sr-x4", 4, 64, 16, **CPU)
+    job = jobs.capture_bands(members, "s2_crop", s, region)
+    assert job.image.channels == 4 and job.image.band_names == ("B02", "B03", "B04", "B08")
+    assert [fp.layer_id for fp in job.fingerprints] == [0, 1, 2, 3]
+    out = jobs.run_all(job)
+    assert out.error is None and out.image.shape == (4, 256, 256)
+    whole = read(SAMPLES / "s2_crop.tif")
+    try:
+        crop = jobs.crop(replace(whole, data=whole.array().astype(np.float32)), region)
+    finally:
+        whole.data.close()
+    ref = enhance(crop, "s2-sr-x4", 4, 64, 16, device="cpu")
+    assert np.allclose(out.image.data, ref.data, atol=1e-3)
+    assert np.allclose(out.image.affine, ref.affine)
+    result = jobs.output_layers(job, out.image)
+    names = [kw["name"] for _, kw, _ in result]
+    assert names == [f"s2_crop [s2-sr-x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    assert list(jobs.band_sets([(kw["name"], kw["metadata"]) for _, kw, _ in result]).values()) == [names]
+
+
+def test_capture_bands_refuses_broken_sets_and_detects_a_changed_band():
+    specs, _ = _s2_bands()
+    members = [(data.copy(), kw["metadata"], i, np.eye(3)) for i, (data, kw, _) in enumerate(specs)]
+    s = Settings("nearest", 2, 64, 0, **CPU)
+    with pytest.raises(HiresError, match="no longer a complete set"):
+        jobs.capture_bands(members[:3], "s2_crop", s)
+    with pytest.raises(HiresError, match="no longer a complete set"):
+        jobs.capture_bands([members[1], members[0], *members[2:]], "s2_crop", s)
+    moved = [*members[:3], (*members[3][:3], np.diag([2.0, 1.0, 1.0]))]
+    with pytest.raises(HiresError, match="moved apart"):
+        jobs.capture_bands(moved, "s2_crop", s)
+    job = jobs.capture_bands(members, "s2_crop", s)
+    data3 = members[3][0]
+    assert all(jobs.stale_reason(job, m[2], m[0], m[3], fp) is None for m, fp in zip(members, job.fingerprints))
+    data3[0, 0] += 1  # an edit in the last band only
+    assert "edited" in jobs.stale_reason(job, 3, data3, members[3][3], job.fingerprints[3])

@@ -7,6 +7,8 @@ plain pytest.
 - ``capture`` (main thread): a frozen snapshot of a layer: a read-only copy of its pixels (or of
   a region of them) as an ``Image`` with exact geometry, the validated ``Settings``, and a
   ``Fingerprint`` of the layer (identity, data identity/shape/dtype, a checksum, geometry).
+  ``band_sets``/``capture_bands`` do the same for all band layers of a multi-band raster at
+  once, for models that take every band (``s2-sr-x4``).
 - ``run`` (worker thread): a generator over ``pipeline.iter_enhance`` into a ``tiling.ArraySink``
   that yields ``(done, total)`` per batch of tiles (one tile per batch by default, so a cancel
   between yields stops within one tile) and returns an ``Outcome``.
@@ -95,13 +97,13 @@ def fingerprint(layer_id: int, data, geo=None) -> Fingerprint:
     return Fingerprint(layer_id, id(data), tuple(np.shape(data)), str(data.dtype), checksum(data), _geometry_key(geo))
 
 
-def stale_reason(job: "Job", layer_id: int | None, data=None, geo=None) -> str | None:
+def stale_reason(job: "Job", layer_id: int | None, data=None, geo=None, fp: Fingerprint | None = None) -> str | None:
     """Why ``job``'s result must not be attached to its layer any more; None when still current.
 
     ``layer_id`` None: the layer is gone. Replaced data, a new shape/dtype, edited pixels or a
-    moved layer all count as a change.
+    moved layer all count as a change. ``fp``: which of a band-set job's layers (default: its first).
     """
-    fp = job.fingerprint
+    fp = fp or job.fingerprint
     what = f"layer '{job.name}'"
     if layer_id is None or layer_id != fp.layer_id:
         return f"{what} was removed while enhancing; the result was not added"
@@ -235,6 +237,11 @@ class Job:
     fingerprint: Fingerprint
     region: Region | None = None
     options: dict = field(default_factory=dict)  # diffusion steps/seed (for diffusion models)
+    others: tuple[Fingerprint, ...] = ()  # the other band layers of a band-set job
+
+    @property
+    def fingerprints(self) -> tuple[Fingerprint, ...]:
+        return (self.fingerprint, *self.others)
 
     @property
     def output_name(self) -> str:
@@ -263,13 +270,65 @@ def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings,
         layer_image(None, metadata, name)  # the one-line error for foreign layers
         if metadata.get("rgb_bands") is not None:
             raise HiresError(f"layer '{name}' is an RGB composite, for display only: enhance its band layers")
+    snap = _snapshot(data, region, name)
+    return _job(name, layer_image(snap, metadata, name), settings, [fingerprint(layer_id, data, geo)], region, options)
+
+
+def band_sets(entries: Sequence[tuple[str, dict | None]]) -> dict[str, list[str]]:
+    """Complete band sets among layers ``(name, metadata)``: ``'<raster> [all N bands]'`` → the
+    names of its band layers in band order, for models that take every band of a raster. A
+    raster with a band layer missing is not offered."""
+    found: dict[str, dict] = {}
+    for name, meta in entries:
+        group = (meta or {}).get(layers.GROUP) if is_hires_layer(meta) else None
+        if group:
+            entry = found.setdefault(group["id"], {"name": group["name"], "n": meta["channels"], "bands": {}})
+            entry["bands"][meta["band"]] = name
+    out = {}
+    for entry in found.values():
+        if sorted(entry["bands"]) == list(range(entry["n"])):
+            label = f"{entry['name']} [all {entry['n']} bands]"
+            while label in out:
+                label += "'"
+            out[label] = [entry["bands"][b] for b in range(entry["n"])]
+    return out
+
+
+def capture_bands(members: Sequence[tuple], name: str, settings: pipeline.Settings, region: Region | None = None,
+                  options: dict | None = None) -> Job:
+    """Snapshot every band layer of one raster as one multi-band input (main thread).
+
+    ``members``: ``(data, metadata, layer_id, geo)`` per band layer in band order, as ``band_sets``
+    lists them; they must still be the raster's complete, unmoved band set.
+    """
+    metas = [m[1] for m in members]
+    groups = {(meta or {}).get(layers.GROUP, {}).get("id") for meta in metas}
+    if len(groups) != 1 or None in groups or [meta.get("band") for meta in metas] != list(range(metas[0]["channels"])):
+        raise HiresError(f"'{name}' is no longer a complete set of band layers of one raster")
+    if len({_geometry_key(m[3]) for m in members}) > 1:
+        raise HiresError(f"the band layers of '{name}' were moved apart: put them back on one grid")
+    snaps = [_snapshot(data, region, name) for data, *_ in members]
+    if len({a.shape for a in snaps}) > 1:
+        raise HiresError(f"the band layers of '{name}' have different shapes")
+    stack = np.stack(snaps)
+    stack.flags.writeable = False
+    image = replace(metas[0][layers.META], data=stack)
+    fps = [fingerprint(layer_id, data, geo) for data, _, layer_id, geo in members]
+    return _job(name, image, settings, fps, region, options)
+
+
+def _snapshot(data, region: Region | None, name: str) -> np.ndarray:
     ndim = len(np.shape(data))
     if region is not None and len(region.starts) != ndim:
         raise HiresError(f"region has {len(region.starts)} axes, layer '{name}' {ndim}")
     part = data[region.slices] if region is not None else data  # lazy arrays: only the region is read
     snap = np.array(part, dtype=np.float32, copy=True)
     snap.flags.writeable = False
-    image = layer_image(snap, metadata, name)
+    return snap
+
+
+def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerprint], region: Region | None,
+         options: dict | None) -> Job:
     if region is not None:
         image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
     get_model(settings.model).check(settings.scale, image.channels, pipeline.domain_of(image))
@@ -278,7 +337,7 @@ def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings,
                          f"overlap={settings.overlap}")
     tiling.resolve_device(settings.device)
     pipeline.check_size(image, settings.scale)
-    return Job(name, image, settings, fingerprint(layer_id, data, geo), region, dict(options or {}))
+    return Job(name, image, settings, fps[0], region, dict(options or {}), tuple(fps[1:]))
 
 
 def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
@@ -295,7 +354,7 @@ def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
         yield from pipeline.iter_enhance(image, sink, s)
     except HiresError as e:
         return Outcome(job, error=str(e))
-    result = image.with_data(sink.array, factors=pipeline._factors(image, s.scale),
+    result = image.with_data(sink.array, factors=pipeline.inplane_factors(image, s.scale),
                              meta={**image.meta, "provenance": s.describe()})
     return Outcome(job, image=result)
 

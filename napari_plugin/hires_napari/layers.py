@@ -7,6 +7,7 @@ georeferencing survive a trip through the viewer.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from hires_domain.intensity import CT_WINDOWS
 META = "hires"
 RGB = "rgb"
 BANDS = "bands"
+GROUP = "group"  # band layers of one multi-band raster share {"id", "name"}: models taking all bands
 
 
 def geometry_kwargs(image: Image) -> dict:
@@ -64,9 +66,11 @@ def to_layer_data(image: Image, name: str, mode: str = BANDS) -> list[tuple]:
         rgb = disp.rgb(data).astype(np.float32)
         return [(rgb, {"name": f"{name} [RGB {','.join(image.band_names[b] for b in disp.bands)}]", "rgb": True,
                        "metadata": _ref(image, band=None, rgb_bands=disp.bands), **geo}, "image")]
+    group = {"id": uuid.uuid4().hex, "name": name}
     return [(data[b], {"name": f"{name} [{image.band_names[b]}]", "contrast_limits": contrast_limits(image, data[b]),
                        "colormap": "gray", "blending": "additive" if b else "translucent",
-                       "metadata": _ref(image, band=b), **geo}, "image") for b in range(image.channels)]
+                       "metadata": _ref(image, band=b, **{GROUP: group}), **geo}, "image")
+            for b in range(image.channels)]
 
 
 def to_image(data: np.ndarray, metadata: dict) -> Image:

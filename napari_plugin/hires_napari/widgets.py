@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from napari.layers import Image as ImageLayer
 from napari.layers import Shapes
@@ -165,21 +167,32 @@ class EnhanceWidget(QWidget):
     def busy(self) -> bool:
         return self.worker is not None
 
+    def _band_sets(self) -> dict[str, list[str]]:
+        return jobs.band_sets([(ly.name, ly.metadata) for ly in _image_layers(self.viewer)])
+
     def _refresh_layers(self, *_):
-        _fill(self.layer_combo, [ly.name for ly in _image_layers(self.viewer)])
+        _fill(self.layer_combo, [ly.name for ly in _image_layers(self.viewer)] + list(self._band_sets()))
         self._refresh_models()
 
-    def _input_layer(self):
-        layer = _find(self.viewer, self.layer_combo.currentText())
-        if layer is None:
+    def _inputs(self) -> list:
+        """The chosen layer, or every band layer of the chosen 'all bands' set (in band order)."""
+        choice = self.layer_combo.currentText()
+        names = self._band_sets().get(choice, [choice])
+        found = [_find(self.viewer, n) for n in names]
+        if not names or any(ly is None for ly in found):
             raise HiresError("no input: open an image with the hires-domain reader first")
-        return layer
+        return found
 
     def _refresh_models(self, *_):
         names = []
-        layer = _find(self.viewer, self.layer_combo.currentText())
-        if layer is not None and jobs.is_hires_layer(layer.metadata):
-            ref = jobs.layers.to_image(np.zeros((1,) * layer.ndim, np.float32), layer.metadata)
+        try:
+            inputs = self._inputs()
+        except HiresError:
+            inputs = []
+        if inputs and all(jobs.is_hires_layer(ly.metadata) for ly in inputs):
+            stub = np.zeros((len(inputs),) + (1,) * inputs[0].ndim, np.float32)
+            ref = jobs.layers.to_image(stub[0], inputs[0].metadata) if len(inputs) == 1 else \
+                replace(inputs[0].metadata[jobs.layers.META], data=stub)
             names = [m.name for m in jobs.models_for(ref, self.scale.value())]
         _fill(self.model_combo, names)
         self._on_model(self.model_combo.currentText())
@@ -228,13 +241,20 @@ class EnhanceWidget(QWidget):
         if self.busy:
             return
         try:
-            layer = self._input_layer()
+            inputs = self._inputs()
+            layer = inputs[0]
             if not self.model_combo.currentText():
-                raise HiresError(f"no registered model fits layer '{layer.name}' at x{self.scale.value()}")
+                raise HiresError(f"no registered model fits '{self.layer_combo.currentText()}' at "
+                                 f"x{self.scale.value()}")
             options = {"steps": self.steps.value(), "seed": self.seed.value()} \
                 if jobs.model_family(self.model_combo.currentText()) == "diffusion" else {}
-            job = jobs.capture(layer.data, layer.metadata, layer.name, self.settings(), layer.unique_id,
-                               self.region(layer), _placement(layer), options)
+            if len(inputs) == 1:
+                job = jobs.capture(layer.data, layer.metadata, layer.name, self.settings(), layer.unique_id,
+                                   self.region(layer), _placement(layer), options)
+            else:
+                members = [(ly.data, ly.metadata, ly.unique_id, _placement(ly)) for ly in inputs]
+                job = jobs.capture_bands(members, layer.metadata[jobs.layers.GROUP]["name"], self.settings(),
+                                         self.region(layer), options)
         except HiresError as e:
             self.last_outcome = "error"
             show_error(str(e))
@@ -275,16 +295,20 @@ class EnhanceWidget(QWidget):
             self.status.setText(outcome.error)
             show_error(outcome.error)
             return
-        layer = next((ly for ly in self.viewer.layers if ly.unique_id == job.fingerprint.layer_id), None)
-        reason = jobs.stale_reason(job, None) if layer is None else \
-            jobs.stale_reason(job, layer.unique_id, layer.data, _placement(layer))
+        reason = None
+        for fp in job.fingerprints:
+            layer = next((ly for ly in self.viewer.layers if ly.unique_id == fp.layer_id), None)
+            reason = reason or (jobs.stale_reason(job, None) if layer is None else
+                                jobs.stale_reason(job, layer.unique_id, layer.data, _placement(layer), fp))
         if reason:
             self.last_outcome = "stale"
             self.status.setText(reason)
             show_warning(reason)
             return
-        for data, kwargs, _ in jobs.output_layers(job, outcome.image, contrast_limits=layer.contrast_limits,
-                                                  colormap=layer.colormap.name):
+        single = not job.others  # a band set keeps each band's own contrast
+        for data, kwargs, _ in jobs.output_layers(job, outcome.image,
+                                                  contrast_limits=layer.contrast_limits if single else None,
+                                                  colormap=layer.colormap.name if single else None):
             old = _find(self.viewer, kwargs["name"])
             if old is not None:  # a re-run replaces its previous result
                 self.viewer.layers.remove(old)

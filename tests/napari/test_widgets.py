@@ -215,6 +215,36 @@ def test_region_preview_of_a_drawn_rectangle(viewer, enhance, qtbot):
     assert len(viewer.layers) == 3  # input, region shapes, preview
 
 
+def test_all_band_layers_of_a_raster_feed_the_four_band_model(viewer, enhance, qtbot):
+    """A GIS analyst picks 's2_crop [all 4 bands]' and runs s2-sr-x4 on a drawn rectangle: four
+    result band layers overlay the input; closing a band layer withdraws the choice."""
+    bands = add_sample(viewer, "s2_crop.tif")
+    w = enhance(scale=4, tile=32, overlap=8)
+    label = "s2_crop [all 4 bands]"
+    assert w.layer_combo.findText(label) >= 0
+    w.layer_combo.setCurrentText(label)
+    models = [w.model_combo.itemText(i) for i in range(w.model_combo.count())]
+    assert "s2-sr-x4" in models and "bicubic" in models
+    w.model_combo.setCurrentText("s2-sr-x4")
+    shapes = w.add_region_layer()
+    a, b = bands[0].data_to_world((99.6, 59.6)), bands[0].data_to_world((131.4, 107.4))  # rows 100..131, cols 60..107
+    shapes.add_rectangles(np.array([shapes.world_to_data(a), shapes.world_to_data(b)]))
+    w.region_combo.setCurrentText(jobs.DRAWN)
+    run_and_wait(qtbot, w)
+    assert w.last_outcome == "added", w.status.text()
+    outs = viewer.layers[-4:]
+    assert [o.name for o in outs] == [f"s2_crop [s2-sr-x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    expected = np.array([bands[0].data_to_world(p) for p in itertools.product((99.5, 131.5), (59.5, 107.5))])
+    for out, band in zip(outs, bands):
+        assert np.shape(out.data) == (128, 192)
+        assert np.allclose(edge_worlds(out), expected, atol=1e-6)
+        lr = band.data[100:132, 60:108].astype(np.float32)
+        back = out.data.reshape(32, 4, 48, 4).mean(axis=(1, 3))  # consistent with its input
+        assert np.abs(back - lr).mean() < 0.05 * np.ptp(lr)
+    viewer.layers.remove(bands[3])
+    assert w.layer_combo.findText(label) < 0
+
+
 def test_region_preview_of_the_current_view_of_a_volume(viewer, enhance, qtbot):
     [layer] = add_sample(viewer, "ct_head_series")  # 12 x 128 x 128, 2 mm slices
     w = enhance()
