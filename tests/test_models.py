@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,46 @@ def test_perceptual_status_reports_missing_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("HIRES_WEIGHTS_DIR", raising=False)
     path, why = L.perceptual_status(tmp_path)
     assert path is None and L.VGG19_FILE in why
+
+
+def vgg19_file(directory) -> dict:
+    """A VGG19 state dict in torchvision's layout (``features.N.*`` + classifier) saved under its
+    download name. Random values: the real file cannot be fetched offline; the layout is the point."""
+    torch.manual_seed(0)
+    state, ch, i = {}, 3, 0
+    for v in L._VGG19_CFG + ["M"]:
+        if v == "M":
+            i += 1
+            continue
+        state[f"features.{i}.weight"] = torch.randn(v, ch, 3, 3) * (2.0 / (9 * ch)) ** 0.5
+        state[f"features.{i}.bias"] = torch.zeros(v)
+        ch, i = v, i + 2
+    state["classifier.0.weight"] = torch.zeros(4, 4)
+    torch.save(state, Path(directory) / L.VGG19_FILE)
+    return state
+
+
+def test_perceptual_loss_reads_torchvision_weights_to_conv5_4_and_respects_masks(tmp_path, monkeypatch):
+    state = vgg19_file(tmp_path)
+    monkeypatch.setenv("HIRES_WEIGHTS_DIR", str(tmp_path))
+    path, why = L.perceptual_status()
+    assert why is None and Path(path) == tmp_path / L.VGG19_FILE
+    loss = L.PerceptualLoss(path, lo=-1.0, hi=3.0)
+    assert len(loss.features) == L._CONV5_4 + 1 and isinstance(loss.features[-1], torch.nn.Conv2d)
+    assert torch.equal(loss.features[0].weight, state["features.0.weight"])
+    assert torch.equal(loss.features[L._CONV5_4].weight, state[f"features.{L._CONV5_4}.weight"])
+    assert not any(p.requires_grad for p in loss.features.parameters())
+    x = torch.rand(1, 2, 48, 48)
+    assert float(loss(x, x)) == 0.0
+    y = x.clone()
+    y[..., :16, :16] += 0.5
+    assert float(loss(y, x)) > 0.0
+    mask = torch.ones(1, 1, 48, 48)
+    mask[..., :16, :16] = 0
+    assert float(loss(y, x, mask)) == 0.0  # differences under the mask add nothing
+    y.requires_grad_(True)
+    loss(y, x).backward()
+    assert y.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- normalisation

@@ -57,6 +57,29 @@ def test_tiny_config_trains_and_beats_its_initial_loss(dataset, tmp_path, capsys
     assert meta["domain"] == "raster" and meta["halo"] >= 2 and meta["training"]["steps"] == 110
 
 
+def test_perceptual_term_is_used_when_vgg_weights_are_offline_and_skipped_with_a_message_otherwise(
+        dataset, tmp_path, monkeypatch, capsys):
+    from test_models import vgg19_file
+
+    base = config(dataset, tmp_path / "with", pretrain_steps=6, gan_steps=0, log_every=2, val_every=100)
+    base["losses"]["perceptual"] = 0.05
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setenv("HIRES_WEIGHTS_DIR", str(tmp_path / "none"))
+    (tmp_path / "none").mkdir()
+    train(parse_config(base), device="cpu", say=print)
+    assert "perceptual loss disabled" in capsys.readouterr().out
+    rows = (tmp_path / "with" / "log.csv").read_text().splitlines()
+    assert all(r.split(",")[6] == "" for r in rows[1:])  # no perceptual column values
+    (tmp_path / "vgg").mkdir()
+    vgg19_file(tmp_path / "vgg")
+    monkeypatch.setenv("HIRES_WEIGHTS_DIR", str(tmp_path / "vgg"))
+    base["output"] = str(tmp_path / "on")
+    train(parse_config(base), device="cpu")
+    rows = (tmp_path / "on" / "log.csv").read_text().splitlines()
+    values = [float(r.split(",")[6]) for r in rows[1:] if r.split(",")[1] == "pretrain"]
+    assert values and all(v > 0 for v in values)
+
+
 def test_checkpoints_contain_no_pickle(dataset, tmp_path):
     cfg = parse_config(config(dataset, tmp_path / "run", pretrain_steps=4, gan_steps=2, checkpoint_every=3))
     train(cfg, device="cpu")
