@@ -137,9 +137,9 @@ def _fmt(entry) -> str:
     if v is None:
         why = entry.get("reason") or entry.get("status") or "n/a"
         return f'<span class="na" title="{html.escape(str(why))}">n/a</span>'
-    if isinstance(v, float):
-        return "∞" if v == float("inf") else f"{v:.4g}"
-    return html.escape(str(v))
+    text = ("∞" if v == float("inf") else f"{v:.4g}") if isinstance(v, float) else html.escape(str(v))
+    ref = entry.get("ref_value")
+    return text + (f" <small>(ref {ref:.4g})</small>" if isinstance(ref, (int, float)) else "")
 
 
 def metric_table(rows: list[tuple[str, dict]]) -> str:
@@ -162,7 +162,8 @@ def _direction(rows, key) -> str:
     for _, m in rows:
         entry = m.get(key)
         if isinstance(entry, dict) and entry.get("better"):
-            return {"higher": "↑ better", "lower": "↓ better", "closer to 1": "≈1 best"}.get(
+            return {"higher": "↑ better", "lower": "↓ better", "closer to 1": "≈1 best",
+                    "closer to ref_value": "≈ref best"}.get(
                 entry["better"], html.escape(entry["better"]))
     return ""
 
@@ -177,6 +178,9 @@ def _is_best(rows, key, entry) -> bool:
         return entry["value"] == max(vals)
     if better == "lower":
         return entry["value"] == min(vals)
+    ref = entry.get("ref_value")
+    if better == "closer to ref_value" and isinstance(ref, (int, float)):
+        return abs(entry["value"] - ref) == min(abs(v - ref) for v in vals)
     return False
 
 

@@ -98,3 +98,14 @@ def test_evaluate_bad_input(capsys, s2_pair, samples, tmp_path):
 def test_weights_command_names_missing_files(capsys):
     code, o, _ = hires(capsys, "weights")
     assert code == 0 and "alexnet-owt-7be5be79.pth" in o and "weights-inception-2015-12-05" in o
+
+
+def test_report_table_shows_the_reference_value_of_closer_to_ref_metrics():
+    from hires_domain.report import metric_table
+
+    entry = {"unit": "HU", "better": "closer to ref_value", "ref_value": 10.0}
+    page = metric_table([("a", {"noise_std_flat": {**entry, "value": 12.0}}),
+                         ("b", {"noise_std_flat": {**entry, "value": 7.0}})])
+    assert "≈ref best" in page and page.count("(ref 10)") == 2
+    row_a, row_b = page.split("<tr><th>")[2:]
+    assert "class=best" in row_a and "class=best" not in row_b
