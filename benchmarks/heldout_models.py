@@ -9,6 +9,7 @@ DATASET_DIR is the output of ``hires prepare datasets/<recipe>.yaml DATASET_DIR`
   and the recipe's own degradation (the stored LR) — then enhanced by bicubic and by the model;
   PSNR/SSIM (explicit data range: reflectance for rasters; raw HU −1024..3071 and the soft-tissue
   window for CT), SAM for multi-band, and LR consistency come from ``hires_domain.metrics``.
+  CT rows are also given per reserved scan and as the mean over scans.
 - Low-dose CT datasets: the noisy val slices (stored LR, same grid) against the model and
   scikit-image's non-local means and total variation, whose strength is tuned on the train split.
 """
@@ -57,7 +58,8 @@ def as_image(arr: np.ndarray, manifest: dict, valid: np.ndarray | None = None, c
 
 def sr_rows(dataset: Path, manifest: dict, model: str) -> dict:
     scale = manifest["scale"]
-    windows = CT_RANGES if manifest["domain"] != "satellite" else (None,)
+    raster = manifest["domain"] == "satellite"
+    windows = (None,) if raster else CT_RANGES
     results: dict = {}
     for rec, z in items(dataset, "val"):
         hr = as_image(z["hr"], manifest, z["valid"])
@@ -68,12 +70,18 @@ def sr_rows(dataset: Path, manifest: dict, model: str) -> dict:
                 pred = hd.enhance(lr, model=method, scale=scale, tile=256, overlap=32, device="cpu")
                 for w in windows:
                     m = evaluate_pair(pred, hr, lr, window=w)["metrics"]
-                    key = (how, method, w or "default")
+                    keys = [(how, method, w or "default")]
+                    if not raster:  # CT: also per reserved scan (a scan may give several slices)
+                        keys.append((how, method, w or "default", rec["source"]))
                     for name in ("psnr", "ssim", "sam", "consistency_psnr"):
                         if name in m and m[name]["value"] is not None:
-                            results.setdefault(key, {}).setdefault(name, []).append(m[name]["value"])
-    return {f"{how} | {method} | {w}": {k: float(np.mean(v)) for k, v in vals.items()}
-            for (how, method, w), vals in results.items()}
+                            for key in keys:
+                                results.setdefault(key, {}).setdefault(name, []).append(m[name]["value"])
+    rows = {" | ".join(key): {k: float(np.mean(v)) for k, v in vals.items()} for key, vals in results.items()}
+    for how, method, w in {key[:3] for key in results if len(key) == 4}:  # mean of the per-scan means
+        scans = [v for key, v in rows.items() if key.startswith(f"{how} | {method} | {w} | ")]
+        rows[f"{how} | {method} | {w} | mean over scans"] = {k: float(np.mean([v[k] for v in scans])) for k in scans[0]}
+    return rows
 
 
 def _tune(method, train) -> float:
