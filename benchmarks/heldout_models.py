@@ -131,10 +131,12 @@ def main() -> int:
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
     names = sorted({n for v in rows.values() for n in v})
-    print("| degradation | method | range | " + " | ".join(names) + " |")
-    print("|---|---|---|" + "---|" * len(names))
+    scans = any(key.count(" | ") == 3 for key in rows)  # CT SR: rows per reserved scan too
+    print("| degradation | method | range | " + ("scan | " if scans else "") + " | ".join(names) + " |")
+    print("|---|---|---|" + ("---|" if scans else "") + "---|" * len(names))
     for key, vals in rows.items():
-        print(f"| {key} | " + " | ".join(f"{vals[n]:.4f}" if n in vals else "" for n in names) + " |")
+        label = key + (" | all slices" if scans and key.count(" | ") == 2 else "")
+        print(f"| {label} | " + " | ".join(f"{vals[n]:.4f}" if n in vals else "" for n in names) + " |")
     if args.json:
         args.json.write_text(json.dumps({"dataset": str(args.dataset), "model": args.model, "rows": rows}, indent=2))
     return 0
