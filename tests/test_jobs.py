@@ -280,32 +280,31 @@ def test_region_of_a_lazy_layer_reads_only_the_region(s2):
 def _s2_bands():
     image = read(SAMPLES / "s2_crop.tif")
     try:
-        return layers.to_layer_data(image, "s2_crop"), image.affine
+        return layers.to_layer_data(image, "s2_crop")
     finally:
         image.data.close()
 
 
 def test_band_sets_offer_complete_rasters_only():
-    specs, _ = _s2_bands()
-    entries = [(kw["name"], kw["metadata"]) for _, kw, _ in specs]
+    entries = _s2_bands_entries()
     assert jobs.band_sets(entries) == {"s2_crop [all 4 bands]": [name for name, _ in entries]}
     assert jobs.band_sets(entries[:3]) == {}  # one band layer closed: no set
     again = [(f"{name} [1]", meta) for name, meta in _s2_bands_entries()]
     sets = jobs.band_sets(entries + again)  # the same file opened twice: two sets, two labels
     assert len(sets) == 2 and all(len(v) == 4 for v in sets.values())
-    ct_data, ct_kwargs = _layer("ct_head_series")
+    _, ct_kwargs = _layer("ct_head_series")
     assert jobs.band_sets([("ct", ct_kwargs["metadata"])]) == {}
 
 
 def _s2_bands_entries():
-    specs, _ = _s2_bands()
+    specs = _s2_bands()
     return [(kw["name"], kw["metadata"]) for _, kw, _ in specs]
 
 
 def test_capture_bands_feeds_the_shipped_four_band_model():
     """All band layers of a raster as one input: s2-sr-x4 on a region equals the library run on
     the same crop of the file, and the result is again a complete band set on the input's grid."""
-    specs, affine = _s2_bands()
+    specs = _s2_bands()
     region = jobs.Region((96, 64), (160, 128))
     members = [(data, kw["metadata"], i, None) for i, (data, kw, _) in enumerate(specs)]
     s = Settings("s2-sr-x4", 4, 64, 16, **CPU)
@@ -329,7 +328,7 @@ def test_capture_bands_feeds_the_shipped_four_band_model():
 
 
 def test_capture_bands_refuses_broken_sets_and_detects_a_changed_band():
-    specs, _ = _s2_bands()
+    specs = _s2_bands()
     members = [(data.copy(), kw["metadata"], i, np.eye(3)) for i, (data, kw, _) in enumerate(specs)]
     s = Settings("nearest", 2, 64, 0, **CPU)
     with pytest.raises(HiresError, match="no longer a complete set"):

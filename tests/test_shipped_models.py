@@ -5,34 +5,32 @@ the shipped weights, not only that they run."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
-import pytest
 
 import hires_domain as hd
 from hires_domain.image import Image
 from hires_domain.metrics import block_mean, evaluate_pair
 from support import DATA
 
-
-def _on_unit_grid(arr: np.ndarray, like: Image, coarser: int = 1) -> Image:
-    """``arr`` (C, H, W) on an axis-aligned grid whose ×coarser refinement is the unit grid."""
-    n = 2 if like.kind == "raster" else 3
-    affine = np.eye(n + 1)
-    for ax in (n - 2, n - 1):
-        affine[ax, ax], affine[ax, n] = coarser, (coarser - 1) / 2
-    data = arr if like.kind == "raster" else arr[:, None]
-    return Image(data.astype(np.float32), affine, like.frame, like.kind, like.units, None, like.band_names,
-                 meta={k: like.meta[k] for k in ("scales", "offsets") if k in like.meta})
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from heldout_models import as_image  # noqa: E402  (the cards' benchmark: one way to build the grids)
 
 
-def _sr_against_bicubic(hr: Image, scale: int, model: str, **evaluate) -> dict:
-    arr = hr.array().reshape(hr.channels, *hr.spatial_shape[-2:]).astype(np.float64)
-    ref = _on_unit_grid(arr, hr)
-    lr = _on_unit_grid(block_mean(arr, (scale, scale)), hr, coarser=scale)
+def _sr_against_bicubic(hr: Image, scale: int, model: str) -> dict:
+    """Metrics of bicubic and ``model`` on ``hr`` area-downsampled by ``scale``, with the LR and
+    reference grids made exactly as benchmarks/heldout_models.py makes them for the model cards."""
+    arr = hr.array().reshape(hr.channels, *hr.spatial_shape[-2:]).astype(np.float32)
+    manifest = {"domain": "satellite" if hr.kind == "raster" else "medical-sr", "bands": list(hr.band_names),
+                "normalisation": {"reflectance_scale": hr.meta.get("scales"), "reflectance_offset": hr.meta.get("offsets")}}
+    ref = as_image(arr, manifest)
+    lr = as_image(block_mean(arr, (scale, scale)), manifest, coarser=scale)
     out = {}
     for name in ("bicubic", model):
         pred = hd.enhance(lr, model=name, scale=scale, tile=128, overlap=32, device="cpu")
-        out[name] = {k: v["value"] for k, v in evaluate_pair(pred, ref, lr, **evaluate)["metrics"].items()}
+        out[name] = {k: v["value"] for k, v in evaluate_pair(pred, ref, lr)["metrics"].items()}
     return out
 
 

@@ -50,6 +50,12 @@ def item_seed(recipe_seed: int, item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{recipe_seed}/{item_id}".encode()).digest()[:8], "little")
 
 
+def param_rng(seed: int) -> np.random.Generator:
+    """The generator an item's degradation parameters (PSF, decimation, dose) are drawn from:
+    a stream of its seed separate from the one its noise comes from."""
+    return np.random.default_rng([seed, 1])
+
+
 def _stem(label: str) -> str:
     name = Path(label.split(":", 1)[-1].replace("{band}", "")).name
     name = re.sub(r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", name)
@@ -160,7 +166,7 @@ def _plan_satellite(recipe: SatelliteRecipe) -> list[Item]:
                         continue
                     for iid in _variant_ids(f"{stem}-r{r0}-c{c0}", split, d.variants):
                         seed = item_seed(recipe.seed, iid)
-                        draw = np.random.default_rng([seed, 1])
+                        draw = param_rng(seed)
                         mtf, decimation = _draw(d.mtf_nyquist, draw), _draw(d.decimation, draw)
                         params = {"scale": d.scale, "mtf_nyquist": mtf, "sigma_px": deg.sigma_for_mtf(mtf, d.scale),
                                   "halo": halo, "decimation": decimation, "sigma_add": d.noise.sigma_add,
@@ -305,7 +311,7 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
         out = []
         for iid in _variant_ids(prefix, split, d.variants):
             seed = item_seed(recipe.seed, iid)
-            draw = np.random.default_rng([seed, 1])
+            draw = param_rng(seed)
             fwhm = _draw(d.fwhm_mm, draw) if d.fwhm_mm is not None else \
                 _draw(d.fwhm_lr_pixels, draw) * d.scale * min(base["pixel_mm"])
             params = {**base, "scale": d.scale, "fwhm_mm": fwhm, "decimation": _draw(d.decimation, draw),
@@ -320,7 +326,7 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
         seed = item_seed(recipe.seed, iid)
         if dose is None:  # training: log-uniform over the dose range, drawn from the item's seed
             lo, hi = d.dose
-            dose = float(math.exp(np.random.default_rng([seed, 1]).uniform(math.log(lo), math.log(hi))))
+            dose = float(math.exp(param_rng(seed).uniform(math.log(lo), math.log(hi))))
         params = {**base, "scale": 1, "dose_fraction": dose, "i0": d.i0, "electronic_sigma": d.electronic_sigma,
                   "n_angles": d.n_angles, "filter": d.filter, "seed": seed}
         out.append(Item(iid, label, inp, {"slice": z}, split, params))

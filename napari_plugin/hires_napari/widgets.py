@@ -296,10 +296,12 @@ class EnhanceWidget(QWidget):
             show_error(outcome.error)
             return
         reason = None
-        for fp in job.fingerprints:
+        for fp in job.fingerprints:  # every band layer of a band-set job must be unchanged
             layer = next((ly for ly in self.viewer.layers if ly.unique_id == fp.layer_id), None)
-            reason = reason or (jobs.stale_reason(job, None) if layer is None else
-                                jobs.stale_reason(job, layer.unique_id, layer.data, _placement(layer), fp))
+            reason = jobs.stale_reason(job, None) if layer is None else \
+                jobs.stale_reason(job, layer.unique_id, layer.data, _placement(layer), fp)
+            if reason:
+                break
         if reason:
             self.last_outcome = "stale"
             self.status.setText(reason)
