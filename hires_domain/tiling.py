@@ -45,9 +45,12 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    """Windowed output: receives finished float32 ``(C, *region)`` pixels and validity."""
+    """Windowed output: receives finished float32 ``(C, *region)`` pixels and validity;
+    ``finish`` raises unless every output pixel was written exactly once."""
 
     def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class ArraySource:
@@ -64,6 +67,96 @@ class ArraySource:
         return data, valid_mask(data, self.nodata)
 
 
+class IncompleteOutput(HiresError):
+    """An output pixel was never written, or written twice: the output must not be kept."""
+
+
+class Coverage:
+    """Exactly-once ledger of written output pixels, kept per block of a block grid.
+
+    A finished block is one flag; only blocks still partly written keep a pixel mask, so the
+    ledger costs memory in proportion to the unfinished band, not the output. ``add`` raises
+    on a pixel written twice or outside the output; ``check`` names the unwritten region.
+    """
+
+    def __init__(self, shape: tuple[int, ...], block: tuple[int, ...]):
+        self.shape = tuple(int(n) for n in shape)
+        self.block = tuple(max(1, min(int(b), n)) for b, n in zip(block, self.shape))
+        self.done = np.zeros([-(-n // b) for n, b in zip(self.shape, self.block)], dtype=bool)
+        self.partial: dict[tuple[int, ...], np.ndarray] = {}
+
+    def block_region(self, idx: tuple[int, ...]) -> Region:
+        return tuple(slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(idx, self.block, self.shape))
+
+    def add(self, region: Region) -> list[tuple[tuple[int, ...], Region, bool]]:
+        """Mark ``region`` written; returns ``(block, part of region in it, block now complete)``
+        for every block it touches."""
+        if len(region) != len(self.shape) or any(
+                r.start < 0 or r.stop > n or r.start >= r.stop for r, n in zip(region, self.shape)):
+            raise IncompleteOutput(f"write outside the output grid: {_describe(region)} of {self.shape}")
+        touched = []
+        ranges = [range(r.start // b, -(-r.stop // b)) for r, b in zip(region, self.block)]
+        for idx in itertools.product(*ranges):
+            whole = self.block_region(idx)
+            part = tuple(slice(max(r.start, w.start), min(r.stop, w.stop)) for r, w in zip(region, whole))
+            if self.done[idx]:
+                raise IncompleteOutput(f"output pixels written twice: {_describe(part)}")
+            if part == whole and idx not in self.partial:
+                self.done[idx] = True
+                touched.append((idx, part, True))
+                continue
+            mask = self.partial.setdefault(idx, np.zeros([w.stop - w.start for w in whole], dtype=bool))
+            local = tuple(slice(p.start - w.start, p.stop - w.start) for p, w in zip(part, whole))
+            if mask[local].any():
+                twice = np.argwhere(mask[local]) + [p.start for p in part]
+                box = tuple(slice(int(a), int(b) + 1) for a, b in zip(twice.min(0), twice.max(0)))
+                raise IncompleteOutput(f"output pixels written twice: {_describe(box)}")
+            mask[local] = True
+            complete = bool(mask.all())
+            if complete:
+                del self.partial[idx]
+                self.done[idx] = True
+            touched.append((idx, part, complete))
+        return touched
+
+    def missing(self) -> tuple[int, Region | None]:
+        """Number of unwritten pixels and their bounding box (None when complete)."""
+        count, lo, hi = 0, None, None
+        for idx in zip(*np.nonzero(~self.done)):
+            idx = tuple(int(i) for i in idx)
+            whole = self.block_region(idx)
+            mask = self.partial.get(idx)
+            holes = np.argwhere(~mask) if mask is not None else None
+            if holes is None:
+                first = np.array([w.start for w in whole])
+                last = np.array([w.stop - 1 for w in whole])
+                count += int(np.prod([w.stop - w.start for w in whole]))
+            else:
+                offset = np.array([w.start for w in whole])
+                first, last = holes.min(0) + offset, holes.max(0) + offset
+                count += len(holes)
+            lo = first if lo is None else np.minimum(lo, first)
+            hi = last if hi is None else np.maximum(hi, last)
+        if lo is None:
+            return 0, None
+        return count, tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+    def check(self) -> None:
+        """Raise ``IncompleteOutput`` naming the unwritten region unless every pixel was written."""
+        if self.done.all():
+            return
+        count, box = self.missing()
+        total = int(np.prod(self.shape))
+        raise IncompleteOutput(f"{count} of {total} output pixels were never written (within {_describe(box)}); "
+                               "the output was not kept")
+
+
+def _describe(region: Region) -> str:
+    """'rows 1024-1051, cols 0-1023' (inclusive), with 'slices' first for volumes."""
+    names = ("slices", "rows", "cols")[-len(region):] if len(region) <= 3 else [f"axis {d}" for d in range(len(region))]
+    return ", ".join(f"{n} {r.start}-{r.stop - 1}" for n, r in zip(names, region))
+
+
 class ArraySink:
     """Collects the output in memory as float32, invalid pixels set to ``fill``."""
 
@@ -71,10 +164,15 @@ class ArraySink:
         self.array = np.empty(shape, dtype=np.float32)
         self.valid = np.zeros(shape[1:], dtype=bool)
         self.fill = fill
+        self.coverage = Coverage(shape[1:], shape[1:])
 
     def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
+        self.coverage.add(region)
         self.array[(slice(None), *region)] = np.where(valid, data, self.fill)
         self.valid[region] = valid
+
+    def finish(self) -> None:
+        self.coverage.check()
 
 
 def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -251,7 +349,8 @@ def iter_tiled(
 
     ``predict`` maps a float32 tensor ``(B, C, *tile)`` on ``device`` to
     ``(B, C_out, *tile·scale)``. Being a generator, the caller can stop between batches
-    (the napari worker cancels this way).
+    (the napari worker cancels this way). After the last tile ``sink.finish()`` checks that
+    every output pixel was written exactly once.
     """
     device = torch.device(device)
     plan = TilePlan(tuple(source.shape[1:]), spec)
@@ -271,6 +370,8 @@ def iter_tiled(
         for t, pred, valid in zip(batch, y, valids):
             _blend_tile(plan, t, pred, valid, cells, remaining, sink)
         done += len(batch)
+        if done == len(tiles):
+            sink.finish()
         yield done, len(tiles)
 
 

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from .. import geometry
 from ..errors import HiresError
 from ..image import Image
-from ..tiling import ArraySource, Region
+from ..tiling import ArraySource, Coverage, Region
 from .common import cast_to_dtype
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
@@ -141,31 +141,6 @@ def read_raster(path) -> Image:
         )
 
 
-class _Strips:
-    """Full-width strips ``rows`` high, filled by windows in any order; complete ones are returned."""
-
-    def __init__(self, shape, dtype, rows: int):
-        self.shape, self.dtype, self.rows = shape, dtype, rows
-        self.pending: dict[int, list] = {}
-
-    def add(self, region: Region, data: np.ndarray, valid: np.ndarray):
-        rows, cols = region
-        bands, height, width = self.shape
-        for start in range((rows.start // self.rows) * self.rows, rows.stop, self.rows):
-            stop = min(start + self.rows, height)
-            if start not in self.pending:
-                self.pending[start] = [np.empty((bands, stop - start, width), self.dtype),
-                                       np.empty((stop - start, width), bool), 0]
-            entry = self.pending[start]
-            r0, r1 = max(rows.start, start), min(rows.stop, stop)
-            entry[0][:, r0 - start:r1 - start, cols] = data[:, r0 - rows.start:r1 - rows.start]
-            entry[1][r0 - start:r1 - start, cols] = valid[r0 - rows.start:r1 - rows.start]
-            entry[2] += (r1 - r0) * (cols.stop - cols.start)
-            if entry[2] == (stop - start) * width:
-                del self.pending[start]
-                yield start, entry[0], entry[1]
-
-
 class RasterSink:
     """A ``tiling.Sink`` that writes each finished window straight into a tiled GeoTIFF.
 
@@ -194,7 +169,8 @@ class RasterSink:
         self._tiled = self.path.with_name(f".{self.path.stem}.tiled.tif") if cog else self.path
         self._dst = self._env = None
         self.block = block
-        self._strips = _Strips(self.shape, self.dtype, block)
+        self.coverage = Coverage(self.shape[1:], (block, block))
+        self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def _per_band(self, key):
         values = self.meta.get(key)
@@ -241,22 +217,38 @@ class RasterSink:
         """Write a finished window so that every compressed block is written exactly once.
 
         GDAL compresses and appends a block again each time a write touches part of it (the
-        file would bloat), so windows on the block grid go straight to disk and any other
-        window waits in a full-width strip until the strip is complete. The tiler aligns its
-        tiles to ``block`` (``align`` in ``TileSpec``) so that strips are the exception.
+        file would bloat), so the whole blocks inside ``region`` go straight to disk in one
+        window and the partly covered blocks at its rim wait in a block buffer until the
+        windows that complete them arrive. ``coverage`` refuses any pixel written twice.
         """
         out = self._convert(data, valid)
-        if self._on_block_grid(region):
-            self._write(region, out, valid)
-            return
-        for row0, strip, strip_valid in self._strips.add(region, out, valid):
-            self._write((slice(row0, row0 + strip.shape[1]), slice(0, self.shape[2])), strip, strip_valid)
+        touched = self.coverage.add(region)
+        whole = [part for idx, part, _ in touched if part == self.coverage.block_region(idx)]
+        if whole:  # the blocks wholly inside a rectangle form a rectangle
+            box = tuple(slice(min(p[d].start for p in whole), max(p[d].stop for p in whole)) for d in range(2))
+            self._write(box, *self._crop(box, region, out, valid))
+        for idx, part, complete in touched:
+            block = self.coverage.block_region(idx)
+            if part == block:
+                continue
+            if idx not in self._pending:
+                rows, cols = (r.stop - r.start for r in block)
+                self._pending[idx] = (np.empty((self.shape[0], rows, cols), self.dtype), np.empty((rows, cols), bool))
+            buf, buf_valid = self._pending[idx]
+            local = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(part, block))
+            piece, piece_valid = self._crop(part, region, out, valid)
+            buf[(slice(None), *local)], buf_valid[local] = piece, piece_valid
+            if complete:
+                self._write(block, *self._pending.pop(idx))
 
-    def _on_block_grid(self, region: Region) -> bool:
-        """True when ``region`` covers whole blocks (or runs to the raster's edge)."""
-        b = self.block
-        return all(r.start % b == 0 and (r.stop % b == 0 or r.stop == n)
-                   for r, n in zip(region, self.shape[1:]))
+    @staticmethod
+    def _crop(part: Region, region: Region, data: np.ndarray, valid: np.ndarray):
+        local = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(part, region))
+        return data[(slice(None), *local)], valid[local]
+
+    def finish(self) -> None:
+        """Raise ``IncompleteOutput`` unless every output pixel was written exactly once."""
+        self.coverage.check()
 
     def _write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
         window = _window(region)
@@ -282,11 +274,16 @@ class RasterSink:
         return out
 
     def close(self, failed: bool = False) -> None:
-        """Finish the file; on success with ``cog=True``, convert it to a COG at ``path``."""
+        """Finish the file (checked complete unless ``failed``); with ``cog=True``, convert it to a
+        COG at ``path``."""
         try:
             if self._dst is not None:
-                self._dst.close()
-                self._dst = None
+                try:
+                    if not failed:
+                        self.finish()
+                finally:
+                    self._dst.close()
+                    self._dst = None
                 if self.cog and not failed:
                     self._to_cog()
         finally:
