@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -69,7 +71,8 @@ def info(path: Path = typer.Argument(..., help="DICOM directory/file, NIfTI or r
 def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .nii/.nii.gz or raster"),
             dst: Path = typer.Argument(..., help="output: DICOM directory, .nii/.nii.gz or .tif"),
             model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
-            scale: int = typer.Option(2, help="in-plane scale factor"),
+            scale: Optional[int] = typer.Option(
+                None, help="in-plane scale factor [default: the model's own; 2 for the baselines]"),
             tile: int = typer.Option(256, help="tile size in input pixels"),
             overlap: Optional[int] = typer.Option(
                 None, help="blending overlap between tiles, input pixels [default: min(32, tile/4)]"),
@@ -78,16 +81,18 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
             cog: bool = typer.Option(False, "--cog", help="write a Cloud Optimized GeoTIFF"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
+            strict: bool = typer.Option(False, "--strict", help="refuse (exit 2, nothing written) an input unlike "
+                                        "the trained model's training data instead of warning"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
 
     if overlap is None:
         overlap = min(32, tile // 4)
-    settings = Settings(model, scale, tile, overlap, batch_size, device)
+    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict)
     s = _run_with_progress(
         lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p),
-        quiet, f"{model} x{scale}")
+        quiet, f"{model} x{settings.scale}")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
@@ -284,34 +289,100 @@ def _main(version: bool = typer.Option(False, "--version", help="print the versi
         raise typer.Exit()
 
 
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGINT/SIGTERM while a command runs. A BaseException, so that
+    no ``except Exception`` on the way swallows it, and not a KeyboardInterrupt, which typer would
+    turn into a bare exit code (non-standalone mode returns it) without our message."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    # cleanup (removing the temporary output) must finish: later signals are ignored from here
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT (Ctrl-C) and SIGTERM stop the command through ``finally`` blocks, so temporaries
+    are removed; the previous handlers come back afterwards (in-process callers, tests)."""
+    try:
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signal handling to the host program
+        previous = None
+    try:
+        yield
+    finally:
+        for s, handler in (previous or {}).items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """A click usage/parameter error. typer >= 0.26 vendors click as ``typer._click``, whose
+    exceptions derive from ``typer.TyperException``, not ``click.ClickException`` (older typer
+    raises the latter)."""
+    if isinstance(exc, getattr(typer, "TyperException", ())) and hasattr(exc, "format_message"):
+        return True
+    try:
+        import click
+    except ImportError:
+        return False
+    return isinstance(exc, click.ClickException)
+
+
+def _show_usage_error(exc: Exception) -> int:
+    """The command's usage line, where to get help, then ``error: <one line>``; click's exit code."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+        if ctx.help_option_names:
+            print(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", file=sys.stderr)
+    _line(f"error: {exc.format_message()}")
+    return exc.exit_code
+
+
 def main() -> None:
-    """Entry point: HiresError → one line on stderr, exit 2; warnings shown as one line each."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Entry point: HiresError → one line on stderr, exit 2; usage errors → usage and one line,
+    exit 2; Ctrl-C (SIGINT) → exit 130, SIGTERM → exit 143, one line each, after the temporary
+    output is removed; other exceptions → one line, exit 1. Warnings are shown as one line each
+    after a successful run only (a failed run has no output for them to describe)."""
+    with warnings.catch_warnings(record=True) as caught, _stop_on_signals():
         warnings.simplefilter("always", UserWarning)
         try:
-            app(standalone_mode=False)
-            code = 0
+            rv = app(standalone_mode=False)
+            # non-standalone typer returns an Exit's code, and maps KeyboardInterrupt to 130
+            code = rv if isinstance(rv, int) else 0
+            if code == 130:
+                _line("error: interrupted; no output was written")
         except HiresError as exc:
             _line(f"error: {exc}")
             code = 2
+        except _Stopped as exc:
+            name = signal.Signals(exc.signum).name
+            _line("error: interrupted; no output was written" if exc.signum == signal.SIGINT
+                  else f"error: stopped by {name}; no output was written")
+            code = 128 + exc.signum
         except (typer.Abort, KeyboardInterrupt):
             _line("error: interrupted; no output was written")
             code = 130
         except typer.Exit as exc:
             code = exc.exit_code
         except Exception as exc:  # click usage errors and genuine bugs
-            import click
-
-            if isinstance(exc, click.ClickException):
-                exc.show()
-                code = exc.exit_code
+            if _usage_error(exc):
+                code = _show_usage_error(exc)
             elif os.environ.get("HIRES_DEBUG"):
                 raise
             else:
                 _line(f"error: internal error ({type(exc).__name__}: {exc}); "
                       "rerun with HIRES_DEBUG=1 for a traceback")
                 code = 1
-    for w in caught:
+    for w in caught if code == 0 else ():
         if issubclass(w.category, UserWarning):
             _line(f"warning: {w.message}")
     sys.exit(code)

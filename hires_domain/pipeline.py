@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,7 +15,8 @@ import psutil
 from . import __version__, geometry, io, tiling
 from .errors import HiresError
 from .image import Image
-from .models import Model, get_model
+from .models import Model, get_model, resolve_scale
+from .models import domain as input_domain
 
 Progress = Callable[[int, int], None]
 GIB = 1024**3
@@ -23,14 +25,19 @@ MAX_TIFF_SIDE = 2**31 - 1
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user asked for; ``describe`` goes into the output's provenance."""
+    """What the user asked for; ``describe`` goes into the output's provenance. ``scale=None``
+    means the model's own scale (its only one; 2 for the baselines)."""
 
     model: str = "bicubic"
-    scale: int = 2
+    scale: int | None = None
     tile: int = 256
     overlap: int = 32
     batch_size: int = 4
     device: str = "auto"
+    strict: bool = False  # refuse inputs unlike the model's training inputs (check_domain)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
 
     def describe(self) -> str:
         return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
@@ -118,10 +125,33 @@ def check_size(image: Image, scale: int, streamed_to: Path | None = None) -> tup
     return out
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings) -> Iterator[tuple[int, int]]:
-    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total)."""
+def domain_note(image: Image, model: Model, strict: bool = False) -> str | None:
+    """The input-domain guard (``models/domain.py``): one line saying how ``image`` differs
+    from ``model``'s training inputs, or None. With ``strict`` a difference is a HiresError
+    instead. Models that record no training inputs (every baseline) are never checked."""
+    note = input_domain.check(image, model.input_domain, model.info.name)
+    if note and strict:
+        raise HiresError(f"{note}; refused (--strict / strict=True)")
+    return note
+
+
+def check_domain(image: Image, model: Model, strict: bool = False) -> str | None:
+    """``domain_note`` once per run, before anything is written: a difference becomes one
+    ``UserWarning`` (``hires`` prints it as one 'warning: ...' line) and is returned."""
+    note = domain_note(image, model, strict)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return note
+
+
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings, domain_check: bool = True) -> Iterator[tuple[int, int]]:
+    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total).
+
+    ``domain_check``: run ``check_domain`` first (False when the caller already did)."""
     model = get_model(s.model)
     spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
+    if domain_check:
+        check_domain(image, model, s.strict)
     device = tiling.resolve_device(s.device)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
     yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
@@ -133,15 +163,24 @@ def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
             progress(done, total)
 
 
-def enhance(image: Image, model: str = "bicubic", scale: int = 2, tile: int = 256, overlap: int = 32,
-            batch_size: int = 4, device: str = "auto", progress: Progress | None = None) -> Image:
-    """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept."""
-    s = Settings(model, scale, tile, overlap, batch_size, device)
-    get_model(model).check(scale, image.channels, domain_of(image))
+def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int = 256, overlap: int = 32,
+            batch_size: int = 4, device: str = "auto", progress: Progress | None = None, strict: bool = False,
+            domain_check: bool = True) -> Image:
+    """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept.
+    ``scale=None``: the model's own scale (its only one; 2 for the baselines).
+
+    An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
+    with ``strict`` a HiresError; ``domain_check=False`` skips that check."""
+    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict)
+    scale = s.scale
+    m = get_model(model)
+    m.check(scale, image.channels, domain_of(image))
+    if domain_check:
+        check_domain(image, m, strict)
     out = check_size(image, scale)
     fill = np.nan if image.nodata is None else image.nodata
     sink = tiling.ArraySink((image.channels, *out), fill=fill)
-    _drain(iter_enhance(image, sink, s), progress)
+    _drain(iter_enhance(image, sink, s, domain_check=False), progress)
     return image.with_data(sink.array, factors=inplane_factors(image, scale),
                            meta={**image.meta, "provenance": s.describe()})
 
@@ -166,6 +205,7 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
         raise HiresError("--cog applies to GeoTIFF output only")
     model = get_model(settings.model)
     model.check(settings.scale, image.channels, domain_of(image))
+    note = check_domain(image, model, settings.strict)  # before any output exists
     device = tiling.resolve_device(settings.device)
     start = time.perf_counter()
     clipped = 0
@@ -178,13 +218,14 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
             meta = {**image.meta, "nodata": image.nodata}
             with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,
                             provenance=settings.describe(), cog=cog, block=output_block(settings.scale)) as sink:
-                _drain(iter_enhance(image, sink, settings), progress)
+                _drain(iter_enhance(image, sink, settings, domain_check=False), progress)
             clipped = sink.clipped
     else:
         result = enhance(image, settings.model, settings.scale, settings.tile, settings.overlap,
-                         settings.batch_size, settings.device, progress)
+                         settings.batch_size, settings.device, progress, domain_check=False)
         out = result.spatial_shape
         with io.atomic_output(dst, is_dir=kind == "dicom") as tmp:
             io.write_to(result, tmp, kind, description=settings.describe())
     return Summary(str(src), str(dst), settings.model, settings.scale, image.shape,
-                   (image.channels, *out), time.perf_counter() - start, str(device), clipped)
+                   (image.channels, *out), time.perf_counter() - start, str(device), clipped,
+                   notes=[note] if note else [])

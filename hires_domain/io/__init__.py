@@ -20,10 +20,18 @@ def detect(path: Path) -> str:
         raise HiresError(f"no such file or directory: {path}")
     if path.is_dir():
         return "dicom"
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise HiresError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if size == 0:
+        raise HiresError(f"cannot read {path}: the file is empty")
     if nifti.is_nifti(path):
         return "nifti"
     if dicom.is_dicom_file(path):
         return "dicom"
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        raise HiresError(f"cannot read {path}: not a readable DICOM file (truncated or corrupt)")
     return "raster"
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +32,75 @@ def check_output(dst: Path, overwrite: bool = False, src: Path | None = None) ->
     return dst
 
 
+TEMP_SUFFIX = ".hires-tmp"
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a path inside (or naming) an ``atomic_output`` temporary: never input data."""
+    return any(part.startswith(".") and part.endswith(TEMP_SUFFIX) for part in Path(path).parts)
+
+
+def _owner_tag() -> str:
+    """``PID-HOST``: who owns a temporary (the host hash keeps a shared filesystem safe)."""
+    host = zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF
+    return f"{os.getpid()}-{host:08x}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return True  # unknown: keep its temporary
+    return True
+
+
+def remove_stale_temporaries(dst: Path) -> list[Path]:
+    """Remove the temporaries of earlier runs writing ``dst`` whose process is gone (killed,
+    power cut), i.e. ``.<name>.<pid>-<host>.<random>.hires-tmp`` beside ``dst`` with this
+    host and a pid that is not running. A live process's temporary is never touched; neither
+    is a name this function cannot parse. Returns what was removed."""
+    dst = Path(dst)
+    parent = dst.resolve().parent
+    prefix, host = f".{dst.name}.", _owner_tag().split("-")[1]
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        middle = name[len(prefix):-len(TEMP_SUFFIX)].split(".")
+        if len(middle) != 2 or middle[0].count("-") != 1:
+            continue  # another output's temporary (its name extends ours) or not one of ours
+        pid, owner_host = middle[0].split("-")
+        if not pid.isdigit() or owner_host != host or _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(dst: Path, is_dir: bool = False):
     """Yield a temporary path beside ``dst``; rename it to ``dst`` only on success.
 
     On any exception the temporary file or directory is removed, so no partial output is
     ever left under the final name. An existing ``dst`` (``--overwrite``) is replaced only
-    after the new output is complete.
+    after the new output is complete. The temporary directory's name carries the owner's pid
+    and host, so that a later run for the same ``dst`` removes what a killed run (SIGKILL,
+    power cut: no ``finally`` runs) left behind (``remove_stale_temporaries``).
     """
     dst = Path(dst)
     parent = dst.resolve().parent
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".hires-tmp", dir=parent))
+    remove_stale_temporaries(dst)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{_owner_tag()}.", suffix=TEMP_SUFFIX, dir=parent))
     tmp = tmp_dir / dst.name
     if is_dir:
         tmp.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,9 +31,10 @@ from pydicom.valuerep import format_number_as_ds
 from .. import geometry
 from ..errors import HiresError
 from ..image import Image
-from .common import cast_to_dtype
+from .common import cast_to_dtype, is_temporary
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _NON_IMAGE = {SegmentationStorage}
 _CLASSIC = {  # multi-frame SOP class -> classic single-frame SOP class written for it
     EnhancedCTImageStorage: CTImageStorage, LegacyConvertedEnhancedCTImageStorage: CTImageStorage,
@@ -242,20 +244,77 @@ def _series(path: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for f in files:
+        if f != path and is_temporary(f.relative_to(path)):
+            continue  # an unfinished or abandoned output of ours (io.common.atomic_output), never data
         if not is_dicom_file(f):
             continue
-        try:  # large values (pixels) are left on disk until decoded
-            ds = pydicom.dcmread(f, defer_size="4 KB", force=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-            raise HiresError(f"cannot read {f}: truncated or corrupt DICOM file ({type(exc).__name__})")
+        ds = _read_header(f)
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         if "SOPClassUID" not in ds or ("Rows" in ds and not has_pixels):  # cut before its pixels
             raise HiresError(f"cannot read {f}: truncated or corrupt DICOM file")
         if has_pixels and "Rows" in ds and ds.SOPClassUID not in _NON_IMAGE:
+            _check_image_header(ds, f)
             groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
     if not groups:
         raise HiresError(f"no DICOM images in {path}")
     return groups
+
+
+def _read_header(f: Path) -> Dataset:
+    """Parse ``f`` with every header value converted now (pixels stay on disk until decoded), so
+    that a corrupt header fails here, naming the file, rather than later while enhancing or writing."""
+    try:
+        ds = pydicom.dcmread(f, defer_size="4 KB", force=True)
+        _convert_all(ds.file_meta)
+        _convert_all(ds)
+    except (InvalidDicomError, OSError, EOFError, struct.error) as exc:
+        why = "header ends mid-element" if isinstance(exc, struct.error) else type(exc).__name__
+        raise HiresError(f"cannot read {f}: truncated or corrupt DICOM file ({why})") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises arbitrary types on corrupt bytes
+        # (NotImplementedError for an unknown VR, ValueError/TypeError for undecodable values,
+        # BytesLengthException, UnicodeDecodeError, ...): all mean a corrupt header here
+        raise HiresError(f"cannot read {f}: corrupt DICOM header ({_first_line(exc)})") from None
+    return ds
+
+
+def _convert_all(ds: Dataset) -> None:
+    """Convert every raw element (recursively into sequences) except the pixel data."""
+    for tag in list(ds.keys()):
+        if tag in _PIXEL_TAGS:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                _convert_all(item)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _check_image_header(ds: Dataset, f: Path) -> None:
+    """The attributes that size the pixel data: single integers in range, or a one-line error."""
+    for keyword, lo, hi in (("Rows", 1, 65535), ("Columns", 1, 65535), ("NumberOfFrames", 1, 2**31 - 1),
+                            ("BitsAllocated", 1, 64), ("SamplesPerPixel", 1, 4)):
+        if keyword not in ds and keyword in ("Rows", "Columns"):
+            raise HiresError(f"cannot read {f}: corrupt DICOM header (no {keyword})")
+        value = ds.get(keyword)
+        if value in (None, "") and keyword not in ("Rows", "Columns"):
+            continue
+        try:
+            number = int(value)
+            ok = number == float(value) and lo <= number <= hi
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise HiresError(f"cannot read {f}: corrupt DICOM header ({keyword} {_short(value)})")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _summaries(groups: dict[str, list[tuple[Path, Dataset]]]) -> list[dict]:
@@ -317,15 +376,33 @@ def _plane(ds: Dataset, frame: int | None, path: str) -> _Plane:
         raise HiresError(f"{path}: colour DICOM images are not supported")
     slope = get("PixelValueTransformationSequence", "RescaleSlope")
     intercept = get("PixelValueTransformationSequence", "RescaleIntercept")
+    thickness = get("PixelMeasuresSequence", "SliceThickness")
+    position = _numbers(ipp, 3, "ImagePositionPatient", path)
+    orientation = _numbers(iop, 6, "ImageOrientationPatient", path)
+    spacing = _numbers(pixel_spacing, 2, "PixelSpacing", path)
+    if min(np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:]),
+           np.linalg.norm(np.cross(orientation[:3], orientation[3:]))) < 1e-3:
+        raise HiresError(f"cannot read {path}: corrupt DICOM header (degenerate ImageOrientationPatient {_short(iop)})")
+    if spacing.min() <= 0:
+        raise HiresError(f"cannot read {path}: corrupt DICOM header (PixelSpacing {_short(pixel_spacing)})")
     return _Plane(
-        ds=ds, path=path, frame=frame,
-        position=np.asarray(ipp, dtype=float), orientation=np.asarray(iop, dtype=float),
-        spacing=np.asarray(pixel_spacing, dtype=float),
-        thickness=float(get("PixelMeasuresSequence", "SliceThickness") or 0.0),
-        slope=float(1.0 if slope in (None, "") else slope),
-        intercept=float(0.0 if intercept in (None, "") else intercept),
+        ds=ds, path=path, frame=frame, position=position, orientation=orientation, spacing=spacing,
+        thickness=float(_numbers(thickness or 0.0, 1, "SliceThickness", path)[0]),
+        slope=float(_numbers(1.0 if slope in (None, "") else slope, 1, "RescaleSlope", path)[0]),
+        intercept=float(_numbers(0.0 if intercept in (None, "") else intercept, 1, "RescaleIntercept", path)[0]),
         rescale_type=str(get("PixelValueTransformationSequence", "RescaleType") or ""),
     )
+
+
+def _numbers(value, count: int, keyword: str, path: str) -> np.ndarray:
+    """``count`` finite numbers from a DS/IS value, or a one-line error naming the attribute."""
+    try:
+        numbers = np.asarray(value, dtype=float).ravel()
+    except (TypeError, ValueError, OverflowError):
+        numbers = np.empty(0)
+    if numbers.size != count or not np.all(np.isfinite(numbers)):
+        raise HiresError(f"cannot read {path}: corrupt DICOM header ({keyword} {_short(value)})")
+    return numbers
 
 
 def _affine(planes: list[_Plane]) -> np.ndarray:
@@ -387,7 +464,7 @@ def _classic_base(src: Dataset) -> Dataset:
     base = Dataset()
     for elem in src:
         if not (elem.tag.is_private or 0x6000 <= elem.tag.group <= 0x60FF or elem.keyword in _MULTIFRAME_ONLY
-                or elem.keyword in _PIXEL_KEYWORDS):
+                or elem.keyword in _PIXEL_KEYWORDS or elem.tag.group == 0x0002):  # file meta: not dataset
             base.add(copy.deepcopy(elem))
     if "PerFrameFunctionalGroupsSequence" in src:
         for keyword, value in _CLASSIC_DEFAULTS.get(str(src.get("Modality", "")), {}).items():

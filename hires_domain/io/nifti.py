@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -22,16 +24,38 @@ def is_nifti(path: Path) -> bool:
 
 
 def read_nifti(path: Path) -> Image:
-    """Read a 2-D/3-D volume (4-D: the 4th axis becomes channels) with scaling applied."""
+    """Read a 2-D/3-D volume (4-D: the 4th axis becomes channels) with scaling applied.
+
+    Header problems nibabel repairs on the fly (it logs them) become one warning; a header that
+    cannot describe the file (bad dimensions, data type or geometry, voxels past the end of the
+    file) is a one-line ``HiresError``.
+    """
+    fixes = _Collect()
+    handlers = nib.imageglobals.logger.handlers[:]
+    for h in handlers:  # nibabel prints its header fixes straight to stderr
+        nib.imageglobals.logger.removeHandler(h)
+    nib.imageglobals.logger.addHandler(fixes)
     try:
         img = nib.load(str(path))
-        if len(img.shape) > 4 or len(img.shape) < 2:
-            raise HiresError(f"{path}: NIfTI with {len(img.shape)} dimensions is not supported")
+        _check_header(img, Path(path))
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except HiresError:
         raise
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
-        raise HiresError(f"cannot read NIfTI {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, nib.spatialimages.ImageDataError,
+            OSError, EOFError, ValueError, OverflowError, zlib.error) as exc:
+        short = re.match(r"Expected (\d+) bytes, got (\d+) bytes", str(exc))
+        why = (f"truncated or corrupt (expected {short[1]} bytes of voxels, got {short[2]})" if short
+               else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise HiresError(f"cannot read NIfTI {path}: {why}")
+    except MemoryError:
+        raise HiresError(f"cannot read NIfTI {path}: its header's volume {tuple(img.shape)} does not fit in memory")
+    finally:
+        nib.imageglobals.logger.removeHandler(fixes)
+        for h in handlers:
+            nib.imageglobals.logger.addHandler(h)
+    if fixes.messages:
+        warnings.warn(f"{path}: NIfTI header repaired on reading: {'; '.join(dict.fromkeys(fixes.messages))}",
+                      stacklevel=2)
     while data.ndim < 3:
         data = data[..., None]
     if data.ndim == 3:
@@ -49,6 +73,37 @@ def read_nifti(path: Path) -> Image:
               "dtype": np.dtype(img.get_data_dtype()).str, "scaled": slope not in (None, 1.0) or inter not in (None, 0.0)},
         source_path=str(path),
     )
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages nibabel logs while it reads a header."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+def _check_header(img, path: Path) -> None:
+    """Dimensions, data size and geometry a corrupt header gets wrong, before any voxel is read."""
+    shape = tuple(img.shape)
+    if len(shape) > 4 or len(shape) < 2:
+        raise HiresError(f"{path}: NIfTI with {len(shape)} dimensions is not supported")
+    if min(shape) < 1:
+        raise HiresError(f"cannot read NIfTI {path}: corrupt header (dimensions {shape})")
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise HiresError(f"cannot read NIfTI {path}: corrupt header (voxel-to-world matrix is not finite "
+                         "and invertible)")
+    if not str(path).lower().endswith(".gz"):
+        offset = int(img.header.get_data_offset())
+        needed = offset + int(np.prod(shape, dtype=np.float64)) * np.dtype(img.get_data_dtype()).itemsize
+        size = path.stat().st_size
+        if needed > size:
+            raise HiresError(f"cannot read NIfTI {path}: truncated or corrupt (the header describes "
+                             f"{needed} bytes, the file holds {size})")
 
 
 def write_nifti(image: Image, path: Path, description: str = "") -> None:

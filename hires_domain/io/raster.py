@@ -13,7 +13,12 @@ overviews and the source's compression settings.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +43,68 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def _open(path: str):
+def _reason(err: Exception) -> str:
+    """GDAL's own message: rasterio's read errors only say 'See previous exception for details'."""
+    while err.__cause__ is not None and "previous exception" in str(err):
+        err = err.__cause__
+    return _one_line(err) or type(err).__name__
+
+
+# GDAL warnings on opening that mean the file is cut short or its georeferencing was dropped:
+# reading on would silently write an output without CRS or metadata
+_FATAL_WARNINGS = re.compile(r'IO error during reading|tags apparently corrupt|"Geo\w+"; tag ignored')
+
+
+class _GdalMessages(logging.Handler):
+    """Collects the warnings GDAL reports (through rasterio's logger) while a file is read."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _reading():
+    """Around GDAL reads of an input: its messages reach rasterio's logger (collected here)
+    instead of GDAL's default handler, which prints them on stderr. Decoding runs in this thread
+    (JP2OpenJPEG decodes in worker threads by default, whose errors always go to stderr; one
+    thread measured as fast on window reads), and rasterio's failure to decode a non-UTF-8 GDAL
+    message (corrupt metadata) is not printed as 'Exception ignored' noise."""
+    messages = _GdalMessages()
+    logger = logging.getLogger("rasterio")
+    logger.addHandler(messages)
+    main = threading.current_thread() is threading.main_thread()
+    hook = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not (isinstance(unraisable.exc_value, UnicodeDecodeError) and str(unraisable.object).startswith("rasterio.")):
+            hook(unraisable)
+
+    if main:
+        sys.unraisablehook = quiet
     try:
-        return rasterio.open(path)
-    except RasterioError as e:
-        raise HiresError(f"cannot read raster {path}: {_one_line(e)}") from e
+        with rasterio.Env(GDAL_NUM_THREADS="1"):
+            yield messages
+    finally:
+        if main:
+            sys.unraisablehook = hook
+        logger.removeHandler(messages)
+
+
+def _open(path: str):
+    with _reading() as messages:
+        try:
+            ds = rasterio.open(path)
+        except RasterioError as e:
+            raise HiresError(f"cannot read raster {path}: {_reason(e)}") from e
+    fatal = [m for m in messages.messages if _FATAL_WARNINGS.search(m)]
+    if fatal:
+        ds.close()
+        raise HiresError(f"cannot read raster {path}: truncated or corrupt ({_one_line(fatal[0])})")
+    return ds
 
 
 def _window(region: Region) -> Window:
@@ -60,7 +122,7 @@ class RasterSource:
 
     def __init__(self, path):
         self.path = str(path)
-        with _open(self.path) as ds:
+        with _open(self.path) as ds, _reading():
             if ds.count == 0:
                 raise HiresError(f"cannot read raster {self.path}: it has no bands (open one of its subdatasets)")
             if len(set(ds.dtypes)) > 1:
@@ -76,15 +138,17 @@ class RasterSource:
         return self._ds
 
     def read(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
+        """Read lazily, during enhancement: a corrupt block fails here as a one-line error."""
         window = _window(region)
+        ds = self._dataset()
         try:
-            ds = self._dataset()
-            data = ds.read(window=window, out_dtype=np.float32)
-            valid = np.isfinite(data).all(axis=0)
-            if self._masked:
-                valid &= (ds.read_masks(window=window) > 0).all(axis=0)
-        except RasterioError as e:
-            raise HiresError(f"cannot read raster {self.path}: {_one_line(e)}") from e
+            with _reading():
+                data = ds.read(window=window, out_dtype=np.float32)
+                valid = np.isfinite(data).all(axis=0)
+                if self._masked:
+                    valid &= (ds.read_masks(window=window) > 0).all(axis=0)
+        except (RasterioError, ValueError) as e:  # ValueError: a non-UTF-8 GDAL message (corrupt file)
+            raise HiresError(f"cannot read raster {self.path}: {_reason(e)}") from e
         return data, valid
 
     def close(self) -> None:
@@ -126,17 +190,29 @@ def _metadata(ds) -> dict:
 def read_raster(path) -> Image:
     """Open a raster lazily as an ``Image`` (pixels stay on disk until read by window)."""
     source = RasterSource(path)
-    with _open(source.path) as ds:
+    with _open(source.path) as ds, _reading():
+        try:
+            affine = geometry.affine_from_transform(ds.transform)
+            band_names = tuple(d or f"band {i}" for i, d in enumerate(ds.descriptions, 1))
+            crs = ds.crs.to_wkt() if ds.crs else None
+            meta = _metadata(ds)
+        # corrupt metadata: undecodable text (UnicodeDecodeError), a CRS PROJ rejects (CRSError),
+        # both ValueErrors, or GDAL errors
+        except (RasterioError, ValueError) as e:
+            raise HiresError(f"cannot read raster {source.path}: corrupt metadata ({_reason(e)})") from e
+        if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:2, :2])) < 1e-300:
+            raise HiresError(f"cannot read raster {source.path}: corrupt georeferencing (geotransform "
+                             f"{tuple(ds.transform)[:6]} is not finite and invertible)")
         return Image(
             data=source,
-            affine=geometry.affine_from_transform(ds.transform),
+            affine=affine,
             frame="map",
             kind="raster",
             units="DN" if source.dtype.kind in "iu" else "",
             nodata=ds.nodata,
-            band_names=tuple(d or f"band {i}" for i, d in enumerate(ds.descriptions, 1)),
-            crs=ds.crs.to_wkt() if ds.crs else None,
-            meta=_metadata(ds),
+            band_names=band_names,
+            crs=crs,
+            meta=meta,
             source_path=str(path),
         )
 

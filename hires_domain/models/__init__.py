@@ -23,11 +23,17 @@ class ModelInfo:
     halo: int = 0  # input pixels of context per side needed for seam-free tiling
     card: str = ""  # model card path under docs/
 
+    @property
+    def default_scale(self) -> int:
+        """The scale used when none is given: a model's only scale, else 2 (baselines)."""
+        return self.scales[0] if len(self.scales) == 1 else 2
+
 
 class Model:
     """A 2-D model: ``predict`` maps ``(B, C, H, W)`` to ``(B, C, H·k, W·k)``."""
 
     info: ModelInfo
+    input_domain: dict | None = None  # what a trained model's inputs looked like (models/domain.py)
 
     def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         raise NotImplementedError
@@ -60,6 +66,11 @@ def get_model(name: str) -> Model:
     if name not in _REGISTRY:
         raise HiresError(f"unknown model '{name}'; available: {', '.join(available())}")
     return _REGISTRY[name]()
+
+
+def resolve_scale(model: str, scale: int | None) -> int:
+    """``scale``, or the model's default when None (``s2-sr-x4`` → 4, ``bicubic`` → 2)."""
+    return get_model(model).info.default_scale if scale is None else int(scale)
 
 
 def list_models() -> list[ModelInfo]:

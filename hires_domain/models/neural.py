@@ -5,8 +5,12 @@ The JSON holds everything needed to rebuild and run the network without the trai
 ```
 {"format": "hires-model", "format_version": 1, "name", "summary", "family": "srgan",
  "domain": "medical" | "raster", "scale", "bands": [...], "generator": {arch, in_ch, out_ch,
- scale, nf, nb[, gc]}, "normalisation": Normaliser.to_dict(), "halo", "card", "training": {...}}
+ scale, nf, nb[, gc]}, "normalisation": Normaliser.to_dict(), "halo", "card", "training": {...},
+ "input_domain": {...}}
 ```
+
+``input_domain`` (optional) describes the training inputs; ``models/domain.py`` checks inputs
+against it before a run.
 
 Weights are read with ``safetensors.torch.load_file`` only (never pickle). At import every
 ``hires_domain/weights/*.json`` is registered (plus ``*.json`` in the directories listed in
@@ -34,23 +38,28 @@ FORMAT = "hires-model"
 
 
 def model_json(name: str, generator, normaliser: Normaliser, domain: str, bands, summary: str = "",
-               card: str = "", training: dict | None = None) -> dict:
+               card: str = "", training: dict | None = None, input_domain: dict | None = None) -> dict:
     hp = generator.hparams()
-    return {"format": FORMAT, "format_version": 1, "name": name,
+    meta = {"format": FORMAT, "format_version": 1, "name": name,
             "summary": summary or f"{hp['arch']} x{hp['scale']} ({domain}, {len(bands)} band(s))",
             "family": "srgan", "domain": domain, "scale": hp["scale"], "bands": list(bands),
             "generator": hp, "normalisation": normaliser.to_dict(), "halo": generator.receptive_radius(),
             "card": card, "training": training or {}}
+    if input_domain is not None:
+        meta["input_domain"] = input_domain
+    return meta
 
 
 def save_model(directory, name: str, generator, normaliser: Normaliser, domain: str, bands,
-               summary: str = "", card: str = "", training: dict | None = None) -> tuple[Path, Path]:
-    """Write ``<dir>/<name>.safetensors`` and ``<dir>/<name>.json`` (weights as float32, CPU)."""
+               summary: str = "", card: str = "", training: dict | None = None,
+               input_domain: dict | None = None) -> tuple[Path, Path]:
+    """Write ``<dir>/<name>.safetensors`` and ``<dir>/<name>.json`` (weights as float32, CPU);
+    ``input_domain``: the training inputs' statistics (``models.domain.from_dataset``)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    meta = model_json(name, generator, normaliser, domain, bands, summary, card, training)
+    meta = model_json(name, generator, normaliser, domain, bands, summary, card, training, input_domain)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in generator.state_dict().items()}
     st, js = d / f"{name}.safetensors", d / f"{name}.json"
     save_file(state, str(st), metadata={"format": FORMAT, "name": name})
@@ -78,6 +87,7 @@ class NeuralModel(Model):
         self.info = ModelInfo(m["name"], m.get("summary", ""), m.get("family", "srgan"), (m["domain"],),
                               (int(m["scale"]),), len(m["bands"]), int(m["halo"]), m.get("card", ""))
         self.normaliser = Normaliser.from_dict(m["normalisation"])
+        self.input_domain = m.get("input_domain")
         self._net = None
 
     @property

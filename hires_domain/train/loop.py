@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import HiresError
 from ..intensity import Normaliser
 from ..metrics import psnr, ssim
+from ..models import domain as input_domain
 from ..models import losses as L
 from ..models.discriminators import build_discriminator
 from ..models.generators import build_generator, resolve_hparams
@@ -436,11 +437,12 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
         ex = cfg.export
         name = export or (ex.name if ex else cfg.name)
         summ, card = (ex.summary, ex.card) if ex else ("", "")
-        st, js = save_model(out / "final", name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training)
+        seen = input_domain.from_dataset(cfg.dataset_dir, tr.manifest)  # what the model's inputs looked like
+        st, js = save_model(out / "final", name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen)
         summary["final"] = str(js)
         if export or ex:
             target = Path(export_dir) if export_dir else (cfg.path(ex.dir) if ex and ex.dir else out / "export")
-            st, js = save_model(target, name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training)
+            st, js = save_model(target, name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen)
             summary["exported"] = str(js)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

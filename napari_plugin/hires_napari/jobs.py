@@ -7,6 +7,8 @@ plain pytest.
 - ``capture`` (main thread): a frozen snapshot of a layer: a read-only copy of its pixels (or of
   a region of them) as an ``Image`` with exact geometry, the validated ``Settings``, and a
   ``Fingerprint`` of the layer (identity, data identity/shape/dtype, a checksum, geometry).
+  ``Job.note`` says how the snapshot differs from the model's training inputs (input-domain
+  guard, ``pipeline.domain_note``; None when it does not, and for baselines).
   ``band_sets``/``capture_bands`` do the same for all band layers of a multi-band raster at
   once, for models that take every band (``s2-sr-x4``).
 - ``run`` (worker thread): a generator over ``pipeline.iter_enhance`` into a ``tiling.ArraySink``
@@ -202,11 +204,17 @@ def models_for(image: Image, scale: int | None = None) -> list[ModelInfo]:
     return out
 
 
-def model_family(name: str) -> str:
+def model_info(name: str) -> ModelInfo | None:
+    """The registry entry of ``name``, or None for an empty or unknown name."""
     try:
-        return get_model(name).info.family
+        return get_model(name).info
     except HiresError:
-        return ""
+        return None
+
+
+def model_family(name: str) -> str:
+    info = model_info(name)
+    return info.family if info else ""
 
 
 def device_in_use(name: str) -> str:
@@ -238,6 +246,7 @@ class Job:
     region: Region | None = None
     options: dict = field(default_factory=dict)  # diffusion steps/seed (for diffusion models)
     others: tuple[Fingerprint, ...] = ()  # the other band layers of a band-set job
+    note: str | None = None  # how the input differs from the model's training inputs (pipeline.domain_note)
 
     @property
     def fingerprints(self) -> tuple[Fingerprint, ...]:
@@ -331,13 +340,15 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
          options: dict | None) -> Job:
     if region is not None:
         image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
-    get_model(settings.model).check(settings.scale, image.channels, pipeline.domain_of(image))
+    model = get_model(settings.model)
+    model.check(settings.scale, image.channels, pipeline.domain_of(image))
     if settings.tile < 1 or settings.overlap < 0 or settings.overlap >= settings.tile:
         raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={settings.tile} "
                          f"overlap={settings.overlap}")
     tiling.resolve_device(settings.device)
     pipeline.check_size(image, settings.scale)
-    return Job(name, image, settings, fps[0], region, dict(options or {}), tuple(fps[1:]))
+    note = pipeline.domain_note(image, model, settings.strict)  # once, on the snapshot; strict refuses here
+    return Job(name, image, settings, fps[0], region, dict(options or {}), tuple(fps[1:]), note)
 
 
 def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
@@ -351,7 +362,7 @@ def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
         out = pipeline.check_size(image, s.scale)
         fill = np.nan if image.nodata is None else image.nodata
         sink = tiling.ArraySink((image.channels, *out), fill=fill)
-        yield from pipeline.iter_enhance(image, sink, s)
+        yield from pipeline.iter_enhance(image, sink, s, domain_check=False)  # checked at capture
     except HiresError as e:
         return Outcome(job, error=str(e))
     result = image.with_data(sink.array, factors=pipeline.inplane_factors(image, s.scale),

@@ -129,6 +129,10 @@ class EnhanceWidget(QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.domain_note = QLabel("")  # input-domain warning of the last run (jobs.Job.note)
+        self.domain_note.setWordWrap(True)
+        self.domain_note.setStyleSheet("color: orange")
+        self.domain_note.setVisible(False)
 
         form = QFormLayout(self)
         form.addRow("input", self.layer_combo)
@@ -149,9 +153,9 @@ class EnhanceWidget(QWidget):
         form.addRow(buttons)
         form.addRow(self.progress)
         form.addRow(self.status)
+        form.addRow(self.domain_note)
 
         self.layer_combo.currentTextChanged.connect(self._refresh_models)
-        self.scale.valueChanged.connect(self._refresh_models)
         self.model_combo.currentTextChanged.connect(self._on_model)
         self.device_combo.currentTextChanged.connect(self._on_device)
         self.region_button.clicked.connect(self.add_region_layer)
@@ -193,12 +197,16 @@ class EnhanceWidget(QWidget):
             stub = np.zeros((len(inputs),) + (1,) * inputs[0].ndim, np.float32)
             ref = jobs.layers.to_image(stub[0], inputs[0].metadata) if len(inputs) == 1 else \
                 replace(inputs[0].metadata[jobs.layers.META], data=stub)
-            names = [m.name for m in jobs.models_for(ref, self.scale.value())]
+            names = [m.name for m in jobs.models_for(ref)]
         _fill(self.model_combo, names)
         self._on_model(self.model_combo.currentText())
 
     def _on_model(self, name: str):
+        """The scale follows the model: a scale it cannot do becomes its own (s2-sr-x4 → 4)."""
         self.diffusion_box.setVisible(jobs.model_family(name) == "diffusion")
+        info = jobs.model_info(name)
+        if info is not None and self.scale.value() not in info.scales:
+            self.scale.setValue(info.default_scale)
 
     def _on_device(self, name: str):
         self.device_label.setText(f"in use: {jobs.device_in_use(name)}")
@@ -240,6 +248,7 @@ class EnhanceWidget(QWidget):
         """Capture the input on this (main) thread and start the worker; errors as notifications."""
         if self.busy:
             return
+        self._show_note(None)
         try:
             inputs = self._inputs()
             layer = inputs[0]
@@ -264,6 +273,7 @@ class EnhanceWidget(QWidget):
         self.last_outcome = None
         self.progress.setRange(0, 0)
         self.status.setText(f"enhancing {job.name} with {job.settings.model} x{job.settings.scale}…")
+        self._show_note(job.note)
         worker = create_worker(jobs.run, job, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -274,6 +284,11 @@ class EnhanceWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         worker.start()
+
+    def _show_note(self, note: str | None):
+        """The input-domain warning stays shown under the status until the next run."""
+        self.domain_note.setText(f"warning: {note}" if note else "")
+        self.domain_note.setVisible(bool(note))
 
     def cancel(self):
         """Stop the worker between tiles (the generator is not resumed after the current one)."""

@@ -232,6 +232,7 @@ def test_all_band_layers_of_a_raster_feed_the_four_band_model(viewer, enhance, q
     w.region_combo.setCurrentText(jobs.DRAWN)
     run_and_wait(qtbot, w)
     assert w.last_outcome == "added", w.status.text()
+    assert w.domain_note.isHidden() and not w.domain_note.text()  # the model's own kind of data: no warning
     outs = viewer.layers[-4:]
     assert [o.name for o in outs] == [f"s2_crop [s2-sr-x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
     expected = np.array([bands[0].data_to_world(p) for p in itertools.product((99.5, 131.5), (59.5, 107.5))])
@@ -243,6 +244,30 @@ def test_all_band_layers_of_a_raster_feed_the_four_band_model(viewer, enhance, q
         assert np.abs(back - lr).mean() < 0.05 * np.ptp(lr)
     viewer.layers.remove(bands[3])
     assert w.layer_combo.findText(label) < 0
+
+
+def test_enhance_widget_shows_the_input_domain_warning(viewer, enhance, qtbot):
+    """The same bands as float reflectance 0-1 (another processing level than the L1C DN the
+    model was trained on): the run goes ahead and the widget shows the guard's warning; a
+    baseline on the same input shows none."""
+    bands = add_sample(viewer, "s2_crop.tif")
+    for layer in bands:
+        layer.data = (np.asarray(layer.data) / 10000.0).astype(np.float32)
+    w = enhance(scale=4, tile=16, overlap=4)
+    w.layer_combo.setCurrentText("s2_crop [all 4 bands]")
+    w.model_combo.setCurrentText("s2-sr-x4")
+    shapes = w.add_region_layer()
+    a, b = bands[0].data_to_world((99.6, 59.6)), bands[0].data_to_world((115.4, 75.4))  # 16 x 16 px
+    shapes.add_rectangles(np.array([shapes.world_to_data(a), shapes.world_to_data(b)]))
+    w.region_combo.setCurrentText(jobs.DRAWN)
+    run_and_wait(qtbot, w)
+    assert w.last_outcome == "added", w.status.text()
+    text = w.domain_note.text()
+    assert not w.domain_note.isHidden() and text.startswith("warning: input unlike what model 's2-sr-x4'")
+    assert "far below the training level" in text and "worse than bicubic" in text
+    w.model_combo.setCurrentText("bicubic")
+    run_and_wait(qtbot, w)
+    assert w.last_outcome == "added" and w.domain_note.isHidden() and not w.domain_note.text()
 
 
 def test_region_preview_of_the_current_view_of_a_volume(viewer, enhance, qtbot):
@@ -349,3 +374,21 @@ def test_layer_combos_follow_the_layer_list(viewer, enhance):
     assert [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())] == ["nir"]
     viewer.layers.remove(layer)
     assert w.layer_combo.count() == 0
+
+
+def test_scale_follows_the_model(viewer, enhance):
+    """At the default scale 2 the x4-only s2-sr-x4 is still offered; choosing it sets the scale to
+    4, choosing ct-denoise on CT sets 1; a baseline keeps what the user set."""
+    add_sample(viewer, "s2_crop.tif")
+    w = enhance(scale=2)
+    w.layer_combo.setCurrentText("s2_crop [all 4 bands]")
+    assert w.model_combo.findText("s2-sr-x4") >= 0
+    w.model_combo.setCurrentText("s2-sr-x4")
+    assert w.scale.value() == 4 and w.settings().scale == 4
+    w.scale.setValue(3)
+    w.model_combo.setCurrentText("bicubic")
+    assert w.scale.value() == 3
+    add_sample(viewer, "ct_head.nii.gz")
+    w.layer_combo.setCurrentText(viewer.layers[-1].name)
+    w.model_combo.setCurrentText("ct-denoise")
+    assert w.scale.value() == 1
