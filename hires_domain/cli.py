@@ -382,7 +382,7 @@ def main() -> None:
                 _line(f"error: internal error ({type(exc).__name__}: {exc}); "
                       "rerun with HIRES_DEBUG=1 for a traceback")
                 code = 1
-    for w in caught if code == 0 else ():
-        if issubclass(w.category, UserWarning):
-            _line(f"warning: {w.message}")
+    shown = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+    for message in shown if code == 0 else ():  # each distinct warning once
+        _line(f"warning: {message}")
     sys.exit(code)

@@ -34,6 +34,42 @@ def stretch(data: np.ndarray, valid: np.ndarray | None = None, lo: float = 2, hi
     return out
 
 
+# ---------------------------------------------------------------- CT padding
+
+HU_PADDING_BELOW = -1024.0  # no tissue (nor air) is below: CT values under it are padding
+
+
+def mark_ct_padding(hu: np.ndarray, padding_hu: tuple[float, float] | None = None) -> float | None:
+    """Turn CT padding into one nodata value, in place; returns it (None: no padding).
+
+    Padding is every pixel below −1024 HU (outside the reconstruction circle; no tissue is
+    there) and, when the header gives one, the DICOM PixelPaddingValue..PixelPaddingRangeLimit
+    range ``padding_hu`` (in HU). The nodata value is the header's PixelPaddingValue, else the
+    most common padding value in the data (e.g. −3024 or −2000), so it is written back as it was.
+    """
+    lo, hi = sorted(padding_hu) if padding_hu is not None else (np.nan, np.nan)
+    pad = (hu < HU_PADDING_BELOW) | ((hu >= lo) & (hu <= hi))
+    if padding_hu is not None:
+        nodata = float(padding_hu[0])
+    elif pad.any():
+        values, counts = np.unique(hu[pad], return_counts=True)
+        nodata = float(values[np.argmax(counts)])
+    else:
+        return None
+    hu[pad] = nodata
+    return nodata
+
+
+def looks_like_padded_ct(data: np.ndarray) -> bool:
+    """A volume without units that is CT with padding: air between −1024 and −900 HU, and the
+    values below −1024 mostly (≥ 90 %) one constant fill, as scanners write outside the FOV."""
+    below = data[data < HU_PADDING_BELOW]
+    if below.size == 0 or np.count_nonzero((data >= -1024) & (data <= -900)) < 0.001 * data.size:
+        return False
+    _, counts = np.unique(below, return_counts=True)
+    return counts.max() >= 0.9 * below.size
+
+
 # ---------------------------------------------------------------- network normalisation
 
 HU_CLIP = (-1024.0, 3071.0)  # the 12-bit CT range (CT_WINDOWS['hu'])

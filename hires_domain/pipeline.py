@@ -15,6 +15,7 @@ import psutil
 from . import __version__, geometry, io, tiling
 from .errors import HiresError
 from .image import Image
+from .intensity import HU_PADDING_BELOW
 from .models import Model, get_model, resolve_scale
 from .models import domain as input_domain
 
@@ -74,7 +75,8 @@ def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> 
     """TileSpec over the image's spatial axes; a 2-D model runs slice by slice on volumes.
 
     ``block``: the writer's output block size; tiles then start on multiples of block/scale so
-    that finished cells are whole blocks (written once, without buffering).
+    that finished cells are whole blocks (written once, without buffering). CT (HU) outputs are
+    floored at −1024 HU: lower values are padding by convention (intensity.mark_ct_padding).
     """
     model.check(s.scale, image.channels, domain_of(image))
     if s.tile < 1 or s.overlap < 0 or s.overlap >= s.tile:
@@ -86,9 +88,13 @@ def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> 
         tile=(1,) * lead + (s.tile, s.tile), overlap=(0,) * lead + (s.overlap, s.overlap),
         halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))
 
+    floor = HU_PADDING_BELOW if image.units == "HU" else None
+
     def predict(x):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
         y = model.predict(flat, s.scale)
+        if floor is not None:  # CT output below -1024 HU would read back as padding
+            y = y.clamp_min(floor)
         return y.reshape(*x.shape[:2], *(1,) * lead, *y.shape[-2:])
 
     return spec, predict
@@ -129,7 +135,7 @@ def domain_note(image: Image, model: Model, strict: bool = False) -> str | None:
     """The input-domain guard (``models/domain.py``): one line saying how ``image`` differs
     from ``model``'s training inputs, or None. With ``strict`` a difference is a HiresError
     instead. Models that record no training inputs (every baseline) are never checked."""
-    note = input_domain.check(image, model.input_domain, model.info.name)
+    note = input_domain.check(image, model.input_domain, model.info.name, max(model.info.scales))
     if note and strict:
         raise HiresError(f"{note}; refused (--strict / strict=True)")
     return note

@@ -29,6 +29,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from .. import geometry
+from ..intensity import mark_ct_padding
 from ..errors import HiresError
 from ..image import Image
 from .common import cast_to_dtype, is_temporary
@@ -129,12 +130,24 @@ def read_dicom(path: Path, series: str | None = None) -> Image:
     modality = str(first.ds.get("Modality", ""))
     units = first.rescale_type or ("HU" if modality == "CT" else "")
     affine = _affine(planes)
+    data = data.astype(np.float32)
+    nodata = mark_ct_padding(data, _padding_hu(first)) if units == "HU" else None
     return Image(
-        data=data.astype(np.float32)[None], affine=affine, frame="LPS", kind="dicom", units=units,
+        data=data[None], affine=affine, frame="LPS", kind="dicom", units=units, nodata=nodata,
         meta={"headers": [p.ds for p in planes], "frames": [p.frame for p in planes],
               "source_affine": affine, "series_uid": uid, "modality": modality},
         source_path=str(path),
     )
+
+
+def _padding_hu(plane: _Plane) -> tuple[float, float] | None:
+    """PixelPaddingValue (..PixelPaddingRangeLimit) in HU, or None when the header has none."""
+    ds = plane.ds
+    if ds.get("PixelPaddingValue") is None:
+        return None
+    ppv = float(ds.PixelPaddingValue)
+    limit = float(ds.get("PixelPaddingRangeLimit", ppv))
+    return plane.slope * ppv + plane.intercept, plane.slope * limit + plane.intercept
 
 
 def write_dicom_series(image: Image, out_dir: Path, description: str) -> list[Path]:
@@ -165,7 +178,7 @@ def write_dicom_series(image: Image, out_dir: Path, description: str) -> list[Pa
     now = datetime.now()
     series = {
         "SeriesInstanceUID": generate_uid(),
-        "SeriesNumber": int(first.get("SeriesNumber") or 0) + 1000,
+        "SeriesNumber": _int_or_zero(first.get("SeriesNumber")) + 1000,
         "SeriesDescription": str(first.get("SeriesDescription", ""))[:64 - len(suffix)] + suffix,
         "SeriesDate": now.strftime("%Y%m%d"), "SeriesTime": now.strftime("%H%M%S"),
         "ContentDate": now.strftime("%Y%m%d"), "ContentTime": now.strftime("%H%M%S"),
@@ -177,6 +190,8 @@ def write_dicom_series(image: Image, out_dir: Path, description: str) -> list[Pa
         "SamplesPerPixel": 1, "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15,
         "PixelRepresentation": 1, "RescaleIntercept": "0", "RescaleSlope": _ds([slope])[0],
     }
+    if image.nodata is not None and np.isfinite(image.nodata):  # CT padding stays padding
+        series["PixelPaddingValue"] = int(cast_to_dtype(np.float32(image.nodata / slope), np.int16)[0])
     bases: dict[int, Dataset] = {}
     paths = []
     def clip(i: float) -> int:
@@ -442,6 +457,14 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
 def _ds(values) -> list[str]:
     """Decimal strings (at most 16 characters) for DS attributes."""
     return [format_number_as_ds(float(v) + 0.0) for v in values]
+
+
+def _int_or_zero(value) -> int:
+    """An IS value as int; 0 for a missing or unreadable one (pydicom keeps invalid IS as text)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _encode(data: np.ndarray, slope: float) -> tuple[np.ndarray, float]:

@@ -77,20 +77,24 @@ def _reading():
     logger = logging.getLogger("rasterio")
     logger.addHandler(messages)
     main = threading.current_thread() is threading.main_thread()
-    hook = sys.unraisablehook
+    hook, excepthook = sys.unraisablehook, sys.excepthook
 
     def quiet(unraisable):
         if not (isinstance(unraisable.exc_value, UnicodeDecodeError) and str(unraisable.object).startswith("rasterio.")):
             hook(unraisable)
 
+    def quiet_print(kind, value, tb):  # Cython prints the same error through sys.excepthook first
+        if not issubclass(kind, UnicodeDecodeError):
+            excepthook(kind, value, tb)
+
     if main:
-        sys.unraisablehook = quiet
+        sys.unraisablehook, sys.excepthook = quiet, quiet_print
     try:
         with rasterio.Env(GDAL_NUM_THREADS="1"):
             yield messages
     finally:
         if main:
-            sys.unraisablehook = hook
+            sys.unraisablehook, sys.excepthook = hook, excepthook
         logger.removeHandler(messages)
 
 
