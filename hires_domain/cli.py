@@ -38,7 +38,8 @@ def _scales(scales) -> str:
 
 
 def _progress_bar(quiet: bool, label: str, unit: str = "tiles"):
-    if quiet:
+    # not on a pipe or file: rich cannot animate there and leaves a stray empty line on stderr
+    if quiet or not err.is_terminal:
         return None
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                     TimeRemainingColumn(), console=err, transient=True)
@@ -339,12 +340,28 @@ def _show_usage_error(exc: Exception) -> int:
     if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
         return exc.exit_code
     ctx = getattr(exc, "ctx", None)
-    if ctx is not None:
-        print(ctx.get_usage(), file=sys.stderr)
-        if ctx.help_option_names:
-            print(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", file=sys.stderr)
+    usage, path = (ctx.get_usage(), ctx.command_path) if ctx is not None else _usage_of_argv()
+    if usage:
+        print(usage, file=sys.stderr)
+        print(f"Try '{path} --help' for help.", file=sys.stderr)
     _line(f"error: {exc.format_message()}")
     return exc.exit_code
+
+
+def _usage_of_argv() -> tuple[str, str]:
+    """Usage of the command named on the command line, for the parser errors click raises
+    without a context (e.g. an option missing its value)."""
+    try:
+        group = typer.main.get_command(app)
+        with group.make_context("hires", [], resilient_parsing=True) as parent:
+            name = next((a for a in sys.argv[1:] if group.get_command(parent, a) is not None), None)
+            if name is None:
+                return parent.get_usage(), "hires"
+            command = group.get_command(parent, name)
+            with command.make_context(name, [], parent=parent, resilient_parsing=True) as ctx:
+                return ctx.get_usage(), ctx.command_path
+    except Exception:  # noqa: BLE001 - best effort: the error line itself still follows
+        return "", ""
 
 
 def main() -> None:
@@ -355,7 +372,7 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as caught, _stop_on_signals():
         warnings.simplefilter("always", UserWarning)
         try:
-            rv = app(standalone_mode=False)
+            rv = app(standalone_mode=False, prog_name="hires")  # also under `python -m hires_domain`
             # non-standalone typer returns an Exit's code, and maps KeyboardInterrupt to 130
             code = rv if isinstance(rv, int) else 0
             if code == 130:

@@ -50,7 +50,8 @@ class Perceptual:
 def _pairs(pred: Path, ref: Path, lr: Path | None) -> list[tuple[str, Path, Path, Path | None]]:
     """(name, pred, ref, lr) for a file pair, or for files with the same name in directories."""
     if pred.is_dir() and _has_files(ref):
-        names = sorted(p.name for p in ref.iterdir() if (pred / p.name).exists())
+        names = sorted(p.name for p in ref.iterdir()  # an unfinished output's temporary is not data
+                       if (pred / p.name).exists() and not io.common.is_temporary(Path(p.name)))
         if not names:
             raise HiresError(f"no file names shared by {pred} and {ref}")
         return [(n, pred / n, ref / n, (lr / n) if lr else None) for n in names]

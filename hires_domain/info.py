@@ -78,9 +78,12 @@ def describe(path: Path, series: str | None = None) -> dict:
             d[key] = list(image.meta[key])
     if image.crs:
         from rasterio.crs import CRS
+        from rasterio.errors import CRSError
 
-        crs = CRS.from_wkt(image.crs)
-        d["crs"] = crs.to_string()
+        try:
+            d["crs"] = CRS.from_wkt(image.crs).to_string()
+        except CRSError:  # a CRS PROJ cannot round-trip: show it as stored
+            d["crs"] = " ".join(image.crs.split())
     d["intensity"] = _intensity(image)
     return d
 

@@ -168,3 +168,45 @@ def test_info_json_and_models(capsys, nii):
     code, o, _ = hires(capsys, "models", "--json")
     names = {m["name"] for m in json.loads(o)}
     assert {"bicubic", "lanczos", "nearest"} <= names
+
+
+def _usage_failure(errtext: str, command: str) -> str:
+    """Click-style usage error: the command's usage line, where to get help, one `error:` line."""
+    lines = [ln for ln in errtext.splitlines() if ln.strip()]
+    assert "Traceback" not in errtext and "internal error" not in errtext, errtext
+    assert lines[0].startswith(f"Usage: hires {command}"), errtext
+    assert lines[1] == f"Try '{f'hires {command}'.strip()} --help' for help.", errtext
+    assert len(lines) == 3 and lines[2].startswith("error: "), errtext
+    return lines[2]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--tiles", "128"], ["No such option: --tiles", "--tile"]),  # the closest valid option is named
+    (["--bogus"], ["No such option: --bogus"]),
+    (["--tile", "abc"], ["Invalid value for '--tile'", "integer"]),
+    (["--scale"], ["--scale", "requires an argument"]),
+])
+def test_usage_errors(capsys, nii, tmp_path, args, expect):
+    code, out, errtext = hires(capsys, "enhance", nii, tmp_path / "o.nii.gz", *args)
+    line = _usage_failure(errtext, "enhance")
+    assert code == 2 and out == ""
+    for text in expect:
+        assert text in line, line
+    no_leftovers(tmp_path, "in.nii.gz")
+
+
+def test_usage_errors_missing_argument_and_command(capsys):
+    code, _, errtext = hires(capsys, "enhance")
+    assert code == 2 and "Missing argument 'src'" in _usage_failure(errtext, "enhance")
+    code, _, errtext = hires(capsys, "enhnace", "a", "b")
+    assert code == 2 and "No such command 'enhnace'. Did you mean 'enhance'?" in _usage_failure(errtext, "")
+
+
+def test_usage_error_real_process(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "hires_domain", "enhance", "a.tif", "b.tif", "--tiles", "3"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "(Possible options:" in _usage_failure(proc.stderr, "enhance") and "--tile" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,8 @@ import pytest
 
 from support import DATA, SAMPLES, hires
 
-pytestmark = pytest.mark.timeout(30)  # a hang fails the case instead of stalling the suite
+pytestmark = [pytest.mark.timeout(30),  # a hang fails the case instead of stalling the suite
+              pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom/rasterio on corrupt headers
 
 N_TRUNC, N_HEAD, N_PIX = 16, 10, 8
 KINDS = [("trunc", i) for i in range(N_TRUNC)] + [("head", i) for i in range(N_HEAD)] + \
@@ -206,3 +207,119 @@ def test_mutations_are_seeded_and_hit_both_regions(seeds):
         flipped = np.flatnonzero(np.frombuffer(mutate(src, kind, 0), np.uint8) != np.frombuffer(data, np.uint8))
         assert flipped.size and all(inside(i) for i in flipped)
     assert [len(mutate(src, "trunc", i)) for i in (0, 5, 6)] == [0, head - 1, head]
+
+
+# --- inconsistent headers: one field at a time, each a real failure mode seen while fuzzing -----
+
+def _dicom_edit(seed: Path, edit) -> bytes:
+    import io as _io
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+
+    ds = pydicom.dcmread(seed)
+
+    def raw(keyword, vr, value: bytes):  # a value pydicom would refuse to set: stored as read
+        tag = tag_for_keyword(keyword)
+        value += b" " * (len(value) % 2)
+        ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edit(ds, raw)
+        buf = _io.BytesIO()
+        ds.save_as(buf)
+    return buf.getvalue()
+
+
+DICOM_EDITS = {  # name -> (edit, expected error fragment or None for success)
+    "rows_too_big": (lambda ds, raw: setattr(ds, "Rows", 4096), "pixel data"),
+    "columns_zero": (lambda ds, raw: setattr(ds, "Columns", 0), "Columns 0"),
+    "frames_on_single_frame": (lambda ds, raw: setattr(ds, "NumberOfFrames", 3), "pixel data"),
+    "bits_allocated_12": (lambda ds, raw: setattr(ds, "BitsAllocated", 12), "pixel data"),
+    "colour": (lambda ds, raw: setattr(ds, "SamplesPerPixel", 3), "colour"),
+    "orientation_degenerate": (lambda ds, raw: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]),
+                               "degenerate ImageOrientationPatient"),
+    "orientation_nan": (lambda ds, raw: raw("ImageOrientationPatient", "DS", b"nan\\0\\0\\0\\1\\0"),
+                        "ImageOrientationPatient"),
+    "spacing_text": (lambda ds, raw: raw("PixelSpacing", "DS", b"abc\\1"), "PixelSpacing"),
+    "spacing_zero": (lambda ds, raw: setattr(ds, "PixelSpacing", [0, 0]), "PixelSpacing"),
+    "spacing_one_value": (lambda ds, raw: setattr(ds, "PixelSpacing", [1]), "PixelSpacing"),
+    "slope_text": (lambda ds, raw: raw("RescaleSlope", "DS", b"x"), "RescaleSlope"),
+    "no_instance_uid": (lambda ds, raw: delattr(ds, "SOPInstanceUID"), "SOPInstanceUID"),
+    "unknown_vr": (lambda ds, raw: raw("SliceThickness", "QQ", b"1"), "corrupt DICOM header"),
+    "series_number_text": (lambda ds, raw: raw("SeriesNumber", "IS", b"2x"), None),  # harmless: written anew
+}
+# the file meta's transfer syntax swapped for another of the same length (RLE Lossless <-> Explicit VR
+# Little Endian): the pixel data no longer matches what the header says it is
+SYNTAX_SWAP = (b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00")
+
+
+def _nifti_edit(seed: Path, edits) -> bytes:
+    buf = bytearray(seed.read_bytes())
+    for offset, fmt, values in edits:
+        buf[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, *values)
+    return bytes(buf)
+
+
+NIFTI_EDITS = {  # name -> ((offset in the NIfTI-1 header, struct format, values), ...), expected error fragment
+    "dims_huge": (((40, "<4h", (3, 30000, 30000, 30000)),), "header"),
+    "dim_negative": (((40, "<4h", (3, -5, 32, 4)),), "dimensions"),
+    "dim_zero": (((40, "<4h", (3, 0, 32, 4)),), "dimensions"),
+    "seven_dims": (((40, "<8h", (7, 32, 32, 4, 1, 1, 1, 2)),), "dimensions"),
+    "datatype_unknown": (((70, "<h", (1234,)),), "data code 1234"),
+    "datatype_bool": (((70, "<h", (1,)),), "data code 1"),
+    "datatype_rgb_too_short": (((70, "<h", (128,)),), "bytes"),
+    "sform_nan": (((254, "<h", (1,)), (280, "<4f", (float("nan"), 0, 0, 0))), "voxel-to-world"),
+    "sform_zero": (((254, "<h", (1,)), (280, "<12f", (0.0,) * 12)), "voxel-to-world"),
+    "vox_offset_negative": (((108, "<f", (-1000.0,)),), "vox offset"),
+    "vox_offset_past_end": (((108, "<f", (1e12,)),), "bytes"),
+}
+
+
+@pytest.mark.parametrize("edit", [*DICOM_EDITS, "transfer_syntax_swapped"])
+@pytest.mark.parametrize("seed", ["dicom", "dicom_rle"])
+def test_inconsistent_dicom_header(seed, edit, seeds, tmp_path, capfd):
+    src = seeds[seed]
+    if isinstance(src, str):
+        pytest.skip(src)
+    bad = tmp_path / "edited.dcm"
+    if edit == "transfer_syntax_swapped":
+        data = src.read_bytes()
+        old, new = SYNTAX_SWAP if SYNTAX_SWAP[0] in data else SYNTAX_SWAP[::-1]
+        assert data.count(old) == 1
+        bad.write_bytes(data.replace(old, new))
+        expected = ""  # undecodable either way: refused, naming the file
+    else:
+        change, expected = DICOM_EDITS[edit]
+        bad.write_bytes(_dicom_edit(src, change))
+    _check_one(bad, tmp_path / "out", expected, capfd)
+
+
+@pytest.mark.parametrize("edit", list(NIFTI_EDITS))
+@pytest.mark.parametrize("gz", [False, True], ids=["nii", "nii.gz"])
+def test_inconsistent_nifti_header(gz, edit, seeds, tmp_path, capfd):
+    import gzip
+
+    edits, expected = NIFTI_EDITS[edit]
+    data = _nifti_edit(seeds["nifti"], edits)
+    bad = tmp_path / ("edited.nii.gz" if gz else "edited.nii")
+    bad.write_bytes(gzip.compress(data) if gz else data)
+    _check_one(bad, tmp_path / "out.nii.gz", expected, capfd)
+
+
+def _check_one(bad: Path, out: Path, expected: str | None, capfd):
+    """``expected`` None: success with a complete output; else one error line containing it."""
+    for args in (("enhance", bad, out, "--model", "bicubic", "--scale", "2", "-q"), ("info", bad)):
+        code, _, err = hires(capfd, *args)
+        assert "Traceback" not in err and "internal error" not in err, err
+        if expected is None:
+            assert code == 0, err
+        else:
+            _check_failure(code, err, bad)
+            assert expected.lower() in err.lower(), err
+    if expected is None:
+        _check_success_output(bad, out)
+    else:
+        assert sorted(p.name for p in bad.parent.iterdir()) == [bad.name]

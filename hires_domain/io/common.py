@@ -47,6 +47,8 @@ def _owner_tag() -> str:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: never assume dead
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

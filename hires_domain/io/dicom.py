@@ -145,8 +145,12 @@ def _padding_hu(plane: _Plane) -> tuple[float, float] | None:
     ds = plane.ds
     if ds.get("PixelPaddingValue") is None:
         return None
-    ppv = float(ds.PixelPaddingValue)
-    limit = float(ds.get("PixelPaddingRangeLimit", ppv))
+    try:
+        ppv = float(ds.PixelPaddingValue)
+        limit = float(ds.get("PixelPaddingRangeLimit", ppv))
+    except (TypeError, ValueError):
+        raise HiresError(f"cannot read {plane.path}: corrupt DICOM header (PixelPaddingValue "
+                         f"{_short(ds.PixelPaddingValue)})") from None
     return plane.slope * ppv + plane.intercept, plane.slope * limit + plane.intercept
 
 
@@ -293,9 +297,10 @@ def _read_header(f: Path) -> Dataset:
 
 
 def _convert_all(ds: Dataset) -> None:
-    """Convert every raw element (recursively into sequences) except the pixel data."""
+    """Convert every raw element (recursively into sequences) except the pixel data and private
+    elements (never used or written back: a vendor's odd private value must not refuse a scan)."""
     for tag in list(ds.keys()):
-        if tag in _PIXEL_TAGS:
+        if tag in _PIXEL_TAGS or tag.is_private:
             continue
         elem = ds[tag]
         if elem.VR == "SQ":
@@ -304,13 +309,16 @@ def _convert_all(ds: Dataset) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+    """A library's message on one line, at most 160 characters (its type when it has none)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_image_header(ds: Dataset, f: Path) -> None:
-    """The attributes that size the pixel data: single integers in range, or a one-line error."""
+    """The attributes that size the pixel data: single integers in range, or a one-line error;
+    and the instance UID a derived series refers back to."""
+    if not str(ds.get("SOPInstanceUID") or "").strip():
+        raise HiresError(f"cannot read {f}: corrupt DICOM header (no SOPInstanceUID)")
     for keyword, lo, hi in (("Rows", 1, 65535), ("Columns", 1, 65535), ("NumberOfFrames", 1, 2**31 - 1),
                             ("BitsAllocated", 1, 64), ("SamplesPerPixel", 1, 4)):
         if keyword not in ds and keyword in ("Rows", "Columns"):
@@ -325,6 +333,11 @@ def _check_image_header(ds: Dataset, f: Path) -> None:
             ok = False
         if not ok:
             raise HiresError(f"cannot read {f}: corrupt DICOM header ({keyword} {_short(value)})")
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        frames, items = int(ds.get("NumberOfFrames") or 1), len(ds.PerFrameFunctionalGroupsSequence or [])
+        if frames != items:
+            raise HiresError(f"cannot read {f}: corrupt DICOM header (NumberOfFrames {frames} but "
+                             f"{items} per-frame functional group items)")
 
 
 def _short(value) -> str:
@@ -440,16 +453,16 @@ def _decode(ds: Dataset, path: str) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
     try:
         return ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
-    except Exception as exc:  # decoders raise many types
+    except Exception as exc:  # decoders raise many types (ValueError, RuntimeError, StopIteration, ...)
         try:
             available = get_decoder(syntax).is_available
-        except NotImplementedError:
+        except (NotImplementedError, ValueError):  # no decoder for it, or not a transfer syntax UID
             available = False
         if not available:
             raise HiresError(f"cannot decode {path}: {syntax.name} "
                              "(install pylibjpeg-openjpeg / pylibjpeg-libjpeg)") from None
         raise HiresError(f"cannot decode {path}: {syntax.name}, truncated or corrupt pixel data "
-                         f"({type(exc).__name__})") from None
+                         f"({_first_line(exc)})") from None
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +82,8 @@ def _reading():
     hook, excepthook = sys.unraisablehook, sys.excepthook
 
     def quiet(unraisable):
-        if not (isinstance(unraisable.exc_value, UnicodeDecodeError) and str(unraisable.object).startswith("rasterio.")):
+        ours = isinstance(unraisable.exc_value, UnicodeDecodeError) and str(unraisable.object).startswith("rasterio.")
+        if not ours:
             hook(unraisable)
 
     def quiet_print(kind, value, tb):  # Cython prints the same error through sys.excepthook first
@@ -98,8 +101,44 @@ def _reading():
         logger.removeHandler(messages)
 
 
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+@contextlib.contextmanager
+def _libgeotiff_messages(path: str):
+    """While GDAL opens a JP2, what libgeotiff prints about its GeoJP2 box ('Error: Key ...',
+    'Warning: Key ...' straight to the stderr file descriptor, no hook in GDAL 3.10) is
+    captured and yielded as lines; anything else written meanwhile goes back to stderr."""
+    lines: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            is_jp2 = f.read(len(_JP2_SIGNATURE)) == _JP2_SIGNATURE
+    except OSError:
+        is_jp2 = False
+    if not is_jp2 or threading.current_thread() is not threading.main_thread():
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                other = []
+                for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                    (lines if line.startswith(("Error: ", "Warning: ")) else other).append(line)
+                if other:
+                    os.write(2, "".join(other).encode())
+    finally:
+        os.close(saved)
+
+
 def _open(path: str):
-    with _reading() as messages:
+    with _reading() as messages, _libgeotiff_messages(path) as geotiff:
         try:
             ds = rasterio.open(path)
         except RasterioError as e:
@@ -107,7 +146,14 @@ def _open(path: str):
     fatal = [m for m in messages.messages if _FATAL_WARNINGS.search(m)]
     if fatal:
         ds.close()
-        raise HiresError(f"cannot read raster {path}: truncated or corrupt ({_one_line(fatal[0])})")
+        raise HiresError(f"cannot read raster {path}: truncated or corrupt "
+                         f"({re.sub(r'^CPLE_[A-Za-z]+ in ', '', _one_line(fatal[0]))})")
+    dropped = [line for line in geotiff if line.startswith("Error: ")]
+    if dropped:  # libgeotiff skipped a GeoKey: the CRS would be silently lost or wrong
+        ds.close()
+        raise HiresError(f"cannot read raster {path}: corrupt georeferencing (GeoJP2 box: {_one_line(dropped[0])[7:]})")
+    for line in geotiff:
+        warnings.warn(f"{path}: GeoJP2 box: {_one_line(line)[9:]}", stacklevel=2)
     return ds
 
 
