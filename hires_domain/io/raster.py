@@ -13,13 +13,8 @@ overviews and the source's compression settings.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import sys
-import tempfile
-import threading
 import warnings
 from pathlib import Path
 
@@ -35,125 +30,30 @@ from ..errors import HiresError
 from ..image import Image
 from ..tiling import ArraySource, Coverage, Region
 from .common import cast_to_dtype
+from .gdal_messages import FATAL_WARNINGS, libgeotiff_messages, one_line, reading, reason
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
 _DROPPED_NAMESPACES = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
-def _reason(err: Exception) -> str:
-    """GDAL's own message: rasterio's read errors only say 'See previous exception for details'."""
-    while err.__cause__ is not None and "previous exception" in str(err):
-        err = err.__cause__
-    return _one_line(err) or type(err).__name__
-
-
-# GDAL warnings on opening that mean the file is cut short or its georeferencing was dropped:
-# reading on would silently write an output without CRS or metadata
-_FATAL_WARNINGS = re.compile(r'IO error during reading|tags apparently corrupt|"Geo\w+"; tag ignored')
-
-
-class _GdalMessages(logging.Handler):
-    """Collects the warnings GDAL reports (through rasterio's logger) while a file is read."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _reading():
-    """Around GDAL reads of an input: its messages reach rasterio's logger (collected here)
-    instead of GDAL's default handler, which prints them on stderr. Decoding runs in this thread
-    (JP2OpenJPEG decodes in worker threads by default, whose errors always go to stderr; one
-    thread measured as fast on window reads), and rasterio's failure to decode a non-UTF-8 GDAL
-    message (corrupt metadata) is not printed as 'Exception ignored' noise."""
-    messages = _GdalMessages()
-    logger = logging.getLogger("rasterio")
-    logger.addHandler(messages)
-    main = threading.current_thread() is threading.main_thread()
-    hook, excepthook = sys.unraisablehook, sys.excepthook
-
-    def quiet(unraisable):
-        ours = isinstance(unraisable.exc_value, UnicodeDecodeError) and str(unraisable.object).startswith("rasterio.")
-        if not ours:
-            hook(unraisable)
-
-    def quiet_print(kind, value, tb):  # Cython prints the same error through sys.excepthook first
-        if not issubclass(kind, UnicodeDecodeError):
-            excepthook(kind, value, tb)
-
-    if main:
-        sys.unraisablehook, sys.excepthook = quiet, quiet_print
-    try:
-        with rasterio.Env(GDAL_NUM_THREADS="1"):
-            yield messages
-    finally:
-        if main:
-            sys.unraisablehook, sys.excepthook = hook, excepthook
-        logger.removeHandler(messages)
-
-
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
-
-
-@contextlib.contextmanager
-def _libgeotiff_messages(path: str):
-    """While GDAL opens a JP2, what libgeotiff prints about its GeoJP2 box ('Error: Key ...',
-    'Warning: Key ...' straight to the stderr file descriptor, no hook in GDAL 3.10) is
-    captured and yielded as lines; anything else written meanwhile goes back to stderr."""
-    lines: list[str] = []
-    try:
-        with open(path, "rb") as f:
-            is_jp2 = f.read(len(_JP2_SIGNATURE)) == _JP2_SIGNATURE
-    except OSError:
-        is_jp2 = False
-    if not is_jp2 or threading.current_thread() is not threading.main_thread():
-        yield lines
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with tempfile.TemporaryFile() as capture:
-            os.dup2(capture.fileno(), 2)
-            try:
-                yield lines
-            finally:
-                os.dup2(saved, 2)
-                capture.seek(0)
-                other = []
-                for line in capture.read().decode(errors="replace").splitlines(keepends=True):
-                    (lines if line.startswith(("Error: ", "Warning: ")) else other).append(line)
-                if other:
-                    os.write(2, "".join(other).encode())
-    finally:
-        os.close(saved)
-
-
 def _open(path: str):
-    with _reading() as messages, _libgeotiff_messages(path) as geotiff:
+    with reading() as messages, libgeotiff_messages(path) as geotiff:
         try:
             ds = rasterio.open(path)
         except RasterioError as e:
-            raise HiresError(f"cannot read raster {path}: {_reason(e)}") from e
-    fatal = [m for m in messages.messages if _FATAL_WARNINGS.search(m)]
+            raise HiresError(f"cannot read raster {path}: {reason(e)}") from e
+    fatal = [m for m in messages.messages if FATAL_WARNINGS.search(m)]
     if fatal:
         ds.close()
         raise HiresError(f"cannot read raster {path}: truncated or corrupt "
-                         f"({re.sub(r'^CPLE_[A-Za-z]+ in ', '', _one_line(fatal[0]))})")
+                         f"({re.sub(r'^CPLE_[A-Za-z]+ in ', '', one_line(fatal[0]))})")
     dropped = [line for line in geotiff if line.startswith("Error: ")]
     if dropped:  # libgeotiff skipped a GeoKey: the CRS would be silently lost or wrong
         ds.close()
-        raise HiresError(f"cannot read raster {path}: corrupt georeferencing (GeoJP2 box: {_one_line(dropped[0])[7:]})")
+        raise HiresError(f"cannot read raster {path}: corrupt georeferencing (GeoJP2 box: {one_line(dropped[0])[7:]})")
     for line in geotiff:
-        warnings.warn(f"{path}: GeoJP2 box: {_one_line(line)[9:]}", stacklevel=2)
+        warnings.warn(f"{path}: GeoJP2 box: {one_line(line)[9:]}", stacklevel=2)
     return ds
 
 
@@ -172,7 +72,7 @@ class RasterSource:
 
     def __init__(self, path):
         self.path = str(path)
-        with _open(self.path) as ds, _reading():
+        with _open(self.path) as ds, reading():
             if ds.count == 0:
                 raise HiresError(f"cannot read raster {self.path}: it has no bands (open one of its subdatasets)")
             if len(set(ds.dtypes)) > 1:
@@ -192,13 +92,13 @@ class RasterSource:
         window = _window(region)
         ds = self._dataset()
         try:
-            with _reading():
+            with reading():
                 data = ds.read(window=window, out_dtype=np.float32)
                 valid = np.isfinite(data).all(axis=0)
                 if self._masked:
                     valid &= (ds.read_masks(window=window) > 0).all(axis=0)
         except (RasterioError, ValueError) as e:  # ValueError: a non-UTF-8 GDAL message (corrupt file)
-            raise HiresError(f"cannot read raster {self.path}: {_reason(e)}") from e
+            raise HiresError(f"cannot read raster {self.path}: {reason(e)}") from e
         return data, valid
 
     def close(self) -> None:
@@ -240,7 +140,7 @@ def _metadata(ds) -> dict:
 def read_raster(path) -> Image:
     """Open a raster lazily as an ``Image`` (pixels stay on disk until read by window)."""
     source = RasterSource(path)
-    with _open(source.path) as ds, _reading():
+    with _open(source.path) as ds, reading():
         try:
             affine = geometry.affine_from_transform(ds.transform)
             band_names = tuple(d or f"band {i}" for i, d in enumerate(ds.descriptions, 1))
@@ -249,7 +149,7 @@ def read_raster(path) -> Image:
         # corrupt metadata: undecodable text (UnicodeDecodeError), a CRS PROJ rejects (CRSError),
         # both ValueErrors, or GDAL errors
         except (RasterioError, ValueError) as e:
-            raise HiresError(f"cannot read raster {source.path}: corrupt metadata ({_reason(e)})") from e
+            raise HiresError(f"cannot read raster {source.path}: corrupt metadata ({reason(e)})") from e
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:2, :2])) < 1e-300:
             raise HiresError(f"cannot read raster {source.path}: corrupt georeferencing (geotransform "
                              f"{tuple(ds.transform)[:6]} is not finite and invertible)")
@@ -314,7 +214,7 @@ class RasterSink:
                 predictor=3 if self.dtype.kind == "f" else 2, bigtiff="IF_SAFER")
         except RasterioError as e:
             self._env.__exit__(None, None, None)
-            raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
+            raise HiresError(f"cannot write raster {self.path}: {one_line(e)}") from e
         self._write_metadata()
         return self
 
@@ -383,7 +283,7 @@ class RasterSink:
             if self._mask:
                 self._dst.write_mask(valid.astype(np.uint8) * 255, window=window)
         except RasterioError as e:
-            raise HiresError(f"cannot write raster {self.path}: {_one_line(e)}") from e
+            raise HiresError(f"cannot write raster {self.path}: {one_line(e)}") from e
 
     def _convert(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         fill = self.nodata if self.nodata is not None else (np.nan if self.dtype.kind == "f" else 0)
@@ -427,7 +327,7 @@ class RasterSink:
                                  BLOCKSIZE=BLOCK, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="AVERAGE",
                                  BIGTIFF="IF_SAFER")
         except RasterioError as e:
-            raise HiresError(f"cannot write COG {self.path}: {_one_line(e)}") from e
+            raise HiresError(f"cannot write COG {self.path}: {one_line(e)}") from e
 
     def __exit__(self, exc_type, exc, tb):
         self.close(failed=exc_type is not None)
