@@ -25,8 +25,10 @@ from hires_domain.io.raster import RasterSink
 from hires_domain.models import get_model
 from support import SAMPLES
 
-FAST, SLOW = 25, 400
+FAST, SLOW = 40, 400
 COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# the default run draws the same examples every time (a red CI is reproducible); -m slow explores
+FIXED = dict(COMMON, derandomize=True, database=None)
 
 with rasterio.open(SAMPLES / "s2_crop.tif") as _ds:
     S2 = _ds.read().astype(np.float32)  # (4, 256, 256) real Sentinel-2 DN
@@ -98,7 +100,7 @@ def _tiled_equals_one_tile(p, model):
 
 
 @pytest.mark.parametrize("model", ["bicubic", "net"])
-@settings(max_examples=FAST, **COMMON)
+@settings(max_examples=FAST, **FIXED)
 @given(p=plans)
 def test_tiled_equals_one_tile(model, p):
     _tiled_equals_one_tile(p, model)
@@ -134,7 +136,7 @@ def _nodata_kept(p, pattern):
 
 
 @pytest.mark.parametrize("pattern", ["none", "speckle", "block", "all"])
-@settings(max_examples=FAST // 2, **COMMON)
+@settings(max_examples=FAST // 2, **FIXED)
 @given(p=plans)
 def test_nodata_kept_exactly(pattern, p):
     _nodata_kept(p, pattern)
@@ -184,7 +186,7 @@ def _raster_sink_matches_memory(p, tmp_path):
     assert not np.isnan(got[:, mem.valid]).any() if p["dtype"] == "float32" else True
 
 
-@settings(max_examples=FAST, **COMMON)
+@settings(max_examples=FAST, **FIXED)
 @given(p=raster_cases)
 def test_raster_sink_equals_memory(tmp_path, p):
     _raster_sink_matches_memory(p, tmp_path)
@@ -234,7 +236,7 @@ def _volume_geometry_kept(p, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["nifti", "dicom"])
-@settings(max_examples=FAST // 3, **COMMON)
+@settings(max_examples=FAST // 3, **FIXED)
 @given(p=volume_cases)
 def test_volume_sinks_keep_geometry(tmp_path, fmt, p):
     _volume_geometry_kept(p, tmp_path, fmt)
