@@ -84,13 +84,20 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
             strict: bool = typer.Option(False, "--strict", help="refuse (exit 2, nothing written) an input unlike "
                                         "the trained model's training data instead of warning"),
+            strength: Optional[float] = typer.Option(
+                None, help="x1 (denoising) models: 0-1, output = input + strength x (model - input) "
+                           "[default: 1, the model's output]"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
 
     if overlap is None:
         overlap = min(32, tile // 4)
-    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict)
+    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict,
+                        strength=1.0 if strength is None else strength)
+    if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
+        raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
+                         f"{model} runs at x{settings.scale}")
     s = _run_with_progress(
         lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p),
         quiet, f"{model} x{settings.scale}")

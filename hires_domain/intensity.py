@@ -14,6 +14,12 @@ CT_WINDOWS = {
     "brain": (40.0, 80.0),
     "hu": (1023.5, 4095.0),  # raw HU: the full 12-bit CT range -1024..3071
 }
+WINDOW_LABELS = {"hu": "full HU range"}  # how a UI lists a window (the CLI and the API keep the name)
+
+
+def window_label(name: str) -> str:
+    """A window's name as shown in a user interface ('hu' → 'full HU range')."""
+    return WINDOW_LABELS.get(name, name)
 
 
 def ct_window(hu: np.ndarray, name: str = "soft-tissue") -> np.ndarray:
@@ -68,6 +74,54 @@ def looks_like_padded_ct(data: np.ndarray) -> bool:
         return False
     _, counts = np.unique(below, return_counts=True)
     return counts.max() >= 0.9 * below.size
+
+
+CT_EVIDENCE_SAMPLE = 2_000_000  # values looked at (every k-th voxel of a larger volume)
+
+
+def ct_evidence(data: np.ndarray) -> str | None:
+    """Why a volume whose header does not say what its values are holds CT numbers (HU), in one
+    line, or None. NIfTI has no modality, so the reader asks this (``io/nifti.py``); the reason is
+    kept in ``Image.meta['ct_evidence']`` and shown by napari (layer metadata
+    ``hires_window_reason``). CT-like means, on the finite values:
+
+    0. padded CT (``looks_like_padded_ct``): a constant fill below −1024 HU and some air; else
+    1. nothing below −1024 HU, at most 0.1 % above 3071 HU (metal), and either
+       a. air or lung: ≥ 1 % of the voxels in −1024..−500 HU (an MR magnitude image is never
+          negative; z-scored or phase images spread far beyond the CT range or are not this), or
+       b. soft tissue without air (a brain or body crop, e.g. the bundled ct_head.nii.gz, an
+          atlas clipped to 0..229 HU): integer values, ≥ 100 distinct non-zero values, ≥ 90 % of
+          the non-zero voxels in −100..+100 HU with their median in 0..80 HU (water to grey
+          matter). An MR's arbitrary units spread much wider (pydicom's MR_small: 127..2145);
+          a label map has few distinct values. A dark 8-bit MR with a mostly black head could
+          pass b; the reason says so and any window can be chosen.
+    """
+    flat = np.ravel(data)
+    a = flat[:: max(1, flat.size // CT_EVIDENCE_SAMPLE)]
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return None
+    if looks_like_padded_ct(data):
+        pad = float(np.mean(a < HU_PADDING_BELOW))
+        air = float(np.mean((a >= -1024) & (a <= -900)))
+        return (f"CT-like intensities: {pad:.0%} of voxels one padding value below -1024 HU, "
+                f"{air:.0%} in air (-1024..-900 HU)")
+    if np.any(a < HU_PADDING_BELOW) or np.mean(a > HU_CLIP[1]) > 0.001:
+        return None
+    air = float(np.mean(a <= -500))
+    if air >= 0.01:
+        return (f"CT-like intensities: {air:.0%} of voxels in air or lung (-1024..-500 HU), "
+                f"none outside the CT range -1024..3071 HU")
+    if not np.array_equal(a, np.round(a)):
+        return None
+    nz = a[a != 0]
+    if nz.size < 0.05 * a.size or np.unique(nz).size < 100:
+        return None
+    soft, median = float(np.mean((nz >= -100) & (nz <= 100))), float(np.median(nz))
+    if soft >= 0.9 and 0 <= median <= 80:
+        return (f"CT-like intensities: integer values, {soft:.0%} of the non-zero voxels in soft tissue "
+                f"(-100..100 HU), median {median:g} HU (no air in the volume)")
+    return None
 
 
 # ---------------------------------------------------------------- network normalisation

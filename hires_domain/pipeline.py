@@ -36,13 +36,30 @@ class Settings:
     batch_size: int = 4
     device: str = "auto"
     strict: bool = False  # refuse inputs unlike the model's training inputs (check_domain)
+    strength: float = 1.0  # x1 (denoising) models: output = input + strength * (model - input)
 
     def __post_init__(self):
         object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
+        object.__setattr__(self, "strength", check_strength(self.strength, self.model, self.scale))
 
     def describe(self) -> str:
+        strength = f" strength={self.strength:g}" if self.scale == 1 else ""
         return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
-                f"tile={self.tile} overlap={self.overlap}")
+                f"tile={self.tile} overlap={self.overlap}{strength}")
+
+
+def check_strength(strength, model: str, scale: int) -> float:
+    """A denoising strength in [0, 1]; anything but 1 only for a x1 model (one-line HiresError)."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise HiresError(f"strength must be a number from 0 to 1, got {strength!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise HiresError(f"strength must be from 0 to 1 (0: the input unchanged, 1: the model's output), got {value:g}")
+    if value != 1.0 and scale != 1:
+        raise HiresError(f"strength applies to x1 (denoising) models such as ct-denoise; "
+                         f"{model} runs at x{scale}")
+    return value
 
 
 @dataclass
@@ -95,6 +112,8 @@ def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> 
         y = model.predict(flat, s.scale)
         if floor is not None:  # CT output below -1024 HU would read back as padding
             y = y.clamp_min(floor)
+        if s.strength != 1.0:  # x1 only (Settings): a blend per tile, before the (linear) tile blending;
+            y = flat + s.strength * (y - flat)  # invalid pixels are written as nodata by the sink anyway
         return y.reshape(*x.shape[:2], *(1,) * lead, *y.shape[-2:])
 
     return spec, predict
@@ -171,13 +190,14 @@ def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
 
 def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int = 256, overlap: int = 32,
             batch_size: int = 4, device: str = "auto", progress: Progress | None = None, strict: bool = False,
-            domain_check: bool = True) -> Image:
+            domain_check: bool = True, strength: float = 1.0) -> Image:
     """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept.
     ``scale=None``: the model's own scale (its only one; 2 for the baselines).
 
     An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
-    with ``strict`` a HiresError; ``domain_check=False`` skips that check."""
-    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict)
+    with ``strict`` a HiresError; ``domain_check=False`` skips that check. ``strength`` (x1
+    models, 0..1): output = input + strength × (model − input); 1 is the model's own output."""
+    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength)
     scale = s.scale
     m = get_model(model)
     m.check(scale, image.channels, domain_of(image))
@@ -228,7 +248,8 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
             clipped = sink.clipped
     else:
         result = enhance(image, settings.model, settings.scale, settings.tile, settings.overlap,
-                         settings.batch_size, settings.device, progress, domain_check=False)
+                         settings.batch_size, settings.device, progress, domain_check=False,
+                         strength=settings.strength)
         out = result.spatial_shape
         with io.atomic_output(dst, is_dir=kind == "dicom") as tmp:
             io.write_to(result, tmp, kind, description=settings.describe())

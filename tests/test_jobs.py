@@ -75,7 +75,7 @@ def test_capture_is_a_read_only_snapshot(ct):
     data[:] += 100  # editing the layer afterwards does not reach the job
     assert np.array_equal(job.image.data, before)
     assert job.image.shape == (1, *data.shape)
-    assert job.output_name == "ct [bicubic]"
+    assert job.output_name == "ct [bicubic x2]"
 
 
 def test_run_yields_per_tile_and_matches_pipeline_enhance(ct):
@@ -152,7 +152,7 @@ def test_region_job_is_placed_where_the_region_is(s2):
     data, kwargs = s2
     region = jobs.Region((40, 100), (80, 164))
     job = jobs.capture(data, kwargs["metadata"], "s2", Settings("bicubic", 2, 32, 4, **CPU), 1, region=region)
-    assert job.output_name == "s2 [bicubic] preview"
+    assert job.output_name == "s2 [bicubic x2] preview"
     full = layers.to_image(data, kwargs["metadata"])
     assert np.array_equal(job.image.data[0], data[40:80, 100:164])
     assert np.allclose(job.image.affine, jobs.crop(full, region).affine)
@@ -214,7 +214,7 @@ def test_output_layers_overlay_and_round_trip(s2):
     job = jobs.capture(data, kwargs["metadata"], "s2 [B04]", Settings("nearest", 2, 64, 0, **CPU), 1)
     out = jobs.run_all(job).image
     [(odata, okw, kind)] = jobs.output_layers(job, out, contrast_limits=(0, 3000), colormap="gray")
-    assert kind == "image" and okw["name"] == "s2 [B04] [nearest]"
+    assert kind == "image" and okw["name"] == "s2 [B04] [nearest x2]"
     assert okw["contrast_limits"] == (0.0, 3000.0)
     assert odata.shape == (512, 512)
     back = layers.to_image(odata, okw["metadata"])
@@ -323,7 +323,7 @@ def test_capture_bands_feeds_the_shipped_four_band_model():
     assert np.allclose(out.image.affine, ref.affine)
     result = jobs.output_layers(job, out.image)
     names = [kw["name"] for _, kw, _ in result]
-    assert names == [f"s2_crop [s2-sr-x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    assert names == [f"s2_crop [s2-sr-x4 x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
     assert list(jobs.band_sets([(kw["name"], kw["metadata"]) for _, kw, _ in result]).values()) == [names]
 
 

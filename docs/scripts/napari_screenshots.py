@@ -3,8 +3,8 @@
     xvfb-run -a python docs/scripts/napari_screenshots.py [OUT_DIR]     # default docs/images
 
 Opens the bundled CT series through the plugin's reader, runs the Enhance widget (bicubic x2) and
-the Compare widget, shows the Sentinel-2 crop as a true-colour composite before and after x4, and
-saves the whole window (widgets included) each time.
+the Compare widget, opens the Sentinel-2 crop as File → Open does (true-colour composite, band layers
+hidden), shows it before and after x4, and saves the whole window (widgets included) each time.
 """
 
 from __future__ import annotations
@@ -73,11 +73,22 @@ def main(out: Path = ROOT / "docs" / "images") -> None:
     compare.ref_combo.setCurrentText(ct)
     compare.window_combo.setCurrentText("brain")
     compare.compare()
+    wait_for(compare)  # the comparison runs in a worker
     shot(viewer, out / "napari_compare.png")
+
+    # Sentinel-2 as File → Open shows it: the true-colour composite, band layers hidden above it
+    viewer.layers.clear()
+    viewer.grid.enabled = False
+    viewer.window.remove_dock_widget("all")
+    viewer.open(str(SAMPLES / "s2_crop.tif"), plugin="hires-domain")
+    viewer.window.add_dock_widget(EnhanceWidget(viewer), name="Enhance", area="right")
+    viewer.layers.selection = {viewer.layers[0]}  # the composite: its controls on the left
+    QApplication.processEvents()  # let the dock settle so the view fits the canvas
+    viewer.reset_view()
+    shot(viewer, out / "napari_s2_true_colour.png")
 
     # Sentinel-2: true-colour composite of the crop before and after x4 (bicubic), side by side
     viewer.layers.clear()
-    viewer.grid.enabled = False
     viewer.window.remove_dock_widget("all")
     with tempfile.TemporaryDirectory() as tmp:
         up = Path(tmp) / "s2_crop_x4.tif"

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import geometry
-from ..intensity import looks_like_padded_ct, mark_ct_padding
+from ..intensity import ct_evidence, mark_ct_padding
 from ..errors import HiresError
 from ..image import Image
 from .common import cast_to_dtype
@@ -66,16 +66,17 @@ def read_nifti(path: Path) -> Image:
     _, scode = hdr.get_sform(coded=True)
     slope, inter = hdr.get_slope_inter()
     data = np.ascontiguousarray(data.transpose(3, 2, 1, 0))
-    padded_ct = data.shape[0] == 1 and looks_like_padded_ct(data)  # padding becomes nodata
+    ct = ct_evidence(data) if data.shape[0] == 1 else None  # no modality in NIfTI: CT by its values
     return Image(
         data=data,
         affine=geometry.affine_from_nifti(img.affine),
         frame="RAS",
         kind="nifti",
-        units="HU" if padded_ct else "",
-        nodata=mark_ct_padding(data) if padded_ct else None,
+        units="HU" if ct else "",
+        nodata=mark_ct_padding(data) if ct else None,  # padding (below -1024 HU) becomes nodata
         meta={"header": hdr.copy(), "qform_code": int(qcode), "sform_code": int(scode),
-              "dtype": np.dtype(img.get_data_dtype()).str, "scaled": slope not in (None, 1.0) or inter not in (None, 0.0)},
+              "dtype": np.dtype(img.get_data_dtype()).str, "scaled": slope not in (None, 1.0) or inter not in (None, 0.0),
+              "ct_evidence": ct},
         source_path=str(path),
     )
 

@@ -16,16 +16,18 @@ plain pytest.
   between yields stops within one tile) and returns an ``Outcome``.
 - ``stale_reason`` (main thread, when the result arrives): why a result must not be attached
   because its layer changed or went away meanwhile (``None`` when it is still current).
-- ``output_layer``: the result as a layer data tuple ``<input> [<model>]`` whose geometry comes
+- ``output_layer``: the result as a layer data tuple ``<input> [<model> x<scale>]`` whose geometry comes
   from ``layers.geometry_kwargs`` (so it overlays the input exactly) and whose metadata keeps
   the Image for the writers.
 - ``compare`` / ``difference_layer``: metrics table rows from ``metrics.evaluate_pair`` and a
-  ``pred − ref`` layer on the reference grid.
+  ``pred − ref`` layer on the reference grid; ``run_compare`` does both in the Compare widget's
+  worker thread, ``band_set_image`` stacks a raster's band layers for an 'all bands' comparison.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Sequence
@@ -217,6 +219,12 @@ def model_family(name: str) -> str:
     return info.family if info else ""
 
 
+def takes_strength(name: str) -> bool:
+    """A x1 (denoising) model such as ct-denoise: the widget offers a strength (Settings.strength)."""
+    info = model_info(name)
+    return info is not None and tuple(info.scales) == (1,)
+
+
 def device_in_use(name: str) -> str:
     """What ``name`` resolves to here ('cuda', 'cpu', ...), or why it cannot be used."""
     try:
@@ -254,8 +262,19 @@ class Job:
 
     @property
     def output_name(self) -> str:
-        base = f"{self.name} [{self.settings.model}]"
+        """``<input> [<model> x<scale>]`` (``preview`` for a region): a rerun with the same
+        settings replaces its layer, other settings add one."""
+        base = f"{self.name} [{result_label(self.settings)}]"
         return base if self.region is None else f"{base} preview"
+
+
+def result_label(settings: pipeline.Settings) -> str:
+    """What made a result, for its layer name: model and scale (and a denoising strength below 1)."""
+    label = f"{settings.model} x{settings.scale}"
+    strength = getattr(settings, "strength", None)
+    if strength is not None and float(strength) != 1.0:
+        label += f" strength {float(strength):g}"
+    return label
 
 
 @dataclass(frozen=True)
@@ -381,7 +400,7 @@ def run_all(job: Job) -> Outcome:
 
 
 def output_layers(job: Job, result: Image, contrast_limits=None, colormap=None) -> list[tuple[Any, dict, str]]:
-    """Layer data tuples of the result: named ``<input> [<model>]`` (one per band for a
+    """Layer data tuples of the result: named ``<input> [<model> x<scale>]`` (one per band for a
     multi-band result), overlaying the input (geometry from ``layers.geometry_kwargs``), with
     the Image kept in metadata for writing; display settings copied from the input."""
     out = []
@@ -403,6 +422,7 @@ class Comparison:
     settings: dict
     resampled: bool
     summary: str
+    warning: str | None = None  # different bands compared (band_mismatch)
 
 
 def _fmt(value) -> str:
@@ -421,11 +441,44 @@ def _on_same_grid(pred: Image, ref: Image) -> bool:
         return False
 
 
-def compare(pred: Image, ref: Image, window: str | None = None, bands: list[int] | None = None) -> Comparison:
+def result_scale(image: Image) -> int | None:
+    """The SR factor recorded in a result's provenance (``scale=N``), or None (not a result)."""
+    found = re.search(r"\bscale=(\d+)", str(image.meta.get("provenance", "")))
+    return int(found.group(1)) if found else None
+
+
+def band_mismatch(pred: Image, ref: Image) -> str | None:
+    """A warning when the two images hold different bands (B02 against B03), else None."""
+    a, b = tuple(pred.band_names), tuple(ref.band_names)
+    if not a or not b or a == b:
+        return None
+    return (f"different bands compared: {', '.join(a)} (result) against {', '.join(b)} (reference); "
+            "the metrics mix two wavelengths")
+
+
+def band_set_image(members: Sequence[tuple], name: str) -> Image:
+    """One multi-band Image from every band layer ``(data, metadata)`` of one raster, in band
+    order (a ``band_sets`` entry), for comparing all bands at once (SAM, ERGAS)."""
+    metas = [m[1] for m in members]
+    groups = {(meta or {}).get(layers.GROUP, {}).get("id") for meta in metas}
+    if len(groups) != 1 or None in groups or [meta.get("band") for meta in metas] != list(range(metas[0]["channels"])):
+        raise HiresError(f"'{name}' is no longer a complete set of band layers of one raster")
+    arrays = [np.asarray(data, dtype=np.float32) for data, _ in members]
+    if len({a.shape for a in arrays}) > 1:
+        raise HiresError(f"the band layers of '{name}' have different shapes")
+    return replace(metas[0][layers.META], data=np.stack(arrays))
+
+
+def compare(pred: Image, ref: Image, window: str | None = None, bands: list[int] | None = None,
+            scale: int | None = None) -> Comparison:
     """Metrics of ``pred`` against ``ref`` as table rows; ``pred`` is resampled (linear) onto
-    ``ref``'s grid when they differ (for example a result compared with its own input)."""
+    ``ref``'s grid when they differ (for example a result compared with its own input).
+
+    ``scale``: the SR factor for ERGAS (default: the one in ``pred``'s provenance). A metric
+    that should come close to the reference's own value shows that value in its 'better' column."""
     same = _on_same_grid(pred, ref)
-    report = metrics.evaluate_pair(pred, ref, window=window, bands=bands, resample=not same)
+    scale = scale if scale is not None else result_scale(pred)
+    report = metrics.evaluate_pair(pred, ref, window=window, bands=bands, resample=not same, scale=scale)
     rows = []
     for name, entry in report["metrics"].items():
         value = _fmt(entry.get("value"))
@@ -433,12 +486,34 @@ def compare(pred: Image, ref: Image, window: str | None = None, bands: list[int]
             value = f"n/a ({entry['reason']})"
         elif entry.get("value") is None and entry.get("note", "").startswith("infinite"):
             value = "inf (identical)"
-        rows.append((name, value, entry.get("unit", ""), entry.get("better", "")))
+        better = entry.get("better", "")
+        if "ref_value" in entry:
+            unit = f" {entry['unit']}" if entry.get("unit") else ""
+            better = f"closer to the reference's {_fmt(entry['ref_value'])}{unit}"
+        rows.append((name, value, entry.get("unit", ""), better))
     st = report["settings"]
     rng = st.get("data_range") or {}
     summary = (f"range: {rng.get('description', rng.get('name', ''))}; bands: {', '.join(map(str, st.get('bands', [])))}"
                + ("" if same else "; result resampled onto the reference grid"))
-    return Comparison(rows, st, not same, summary)
+    return Comparison(rows, st, not same, summary, band_mismatch(pred, ref))
+
+
+@dataclass(frozen=True)
+class CompareOutcome:
+    """What a Compare worker returns: the table and the difference layer, or a one-line error."""
+
+    comparison: Comparison | None = None
+    difference: tuple | None = None  # layer data tuple of ``<a> − <b>``
+    error: str | None = None
+
+
+def run_compare(pred: Image, ref: Image, name_a: str, name_b: str, window: str | None = None) -> CompareOutcome:
+    """``compare`` and ``difference_layer`` together (worker thread): the Images are snapshots
+    taken on the main thread; a ``HiresError`` becomes ``CompareOutcome.error``."""
+    try:
+        return CompareOutcome(compare(pred, ref, window=window), difference_layer(pred, ref, name_a, name_b))
+    except HiresError as e:
+        return CompareOutcome(error=str(e))
 
 
 def difference(pred: Image, ref: Image) -> Image:
@@ -460,7 +535,23 @@ def difference_layer(pred: Image, ref: Image, name_a: str, name_b: str) -> tuple
     finite = np.abs(data[np.isfinite(data)])
     m = float(np.percentile(finite, 99)) if finite.size else 1.0
     m = m if m > 0 else 1.0
+    geo = layers.geometry_kwargs(diff)
+    if diff.channels > 1:  # bands as a leading 'band' axis (scale 1, no offset)
+        geo = _with_band_axis(geo)
     kwargs = {"name": f"{name_a} − {name_b}", "colormap": "PiYG", "contrast_limits": (-m, m),
-              "metadata": {layers.META: replace(diff, data=None), "channels": diff.channels},
-              **layers.geometry_kwargs(diff)}
+              "metadata": {layers.META: replace(diff, data=None), "channels": diff.channels}, **geo}
     return data, kwargs, "image"
+
+
+def _with_band_axis(geo: dict) -> dict:
+    """Layer geometry kwargs with a leading band axis (identity) in front of the spatial ones."""
+    out = dict(geo)
+    if "affine" in out:
+        a = np.asarray(out["affine"], dtype=float)
+        out["affine"] = np.block([[np.ones((1, 1)), np.zeros((1, len(a)))], [np.zeros((len(a), 1)), a]])
+    else:
+        out["scale"] = (1.0, *out["scale"])
+        out["translate"] = (0.0, *out["translate"])
+    if "axis_labels" in out:
+        out["axis_labels"] = ("band", *out["axis_labels"])
+    return out

@@ -1,4 +1,5 @@
-"""npe2 readers: DICOM series/files, NIfTI volumes and rasters (one layer per band or RGB composite).
+"""npe2 reader: DICOM series/files, NIfTI volumes and rasters (one layer per band, plus a true-colour
+composite for rasters of three or more bands), and the "Add RGB composite" command.
 
 ``get_reader``/``get_rgb_reader`` only look at the path (suffix, DICOM magic, a header probe) and
 return None for anything they do not handle; they never raise. The returned reader function
@@ -23,7 +24,9 @@ DIRECTORY_PROBE_LIMIT = 200  # files looked at before a directory is declared "n
 
 
 def get_reader(path):
-    """Reader for a DICOM directory, .dcm, .nii/.nii.gz, .tif/.tiff/.jp2 (one layer per band)."""
+    """Reader for a DICOM directory, .dcm, .nii/.nii.gz, .tif/.tiff/.jp2: one layer per band;
+    a raster of three or more bands also gets a true-colour composite, shown, with its band
+    layers hidden (``layers.TRUE_COLOUR``)."""
     try:
         path = _single(path)
         kind = _probe(path) if path is not None else None
@@ -31,7 +34,7 @@ def get_reader(path):
         return None
     if kind is None:
         return None
-    return lambda p: read_layers(p, layers.BANDS)
+    return lambda p: read_layers(p, layers.TRUE_COLOUR)
 
 
 def get_rgb_reader(path):
@@ -135,15 +138,38 @@ def _raster_bands(path) -> int:
 
 
 def show_rgb_composite(viewer: "napari.viewer.Viewer") -> None:  # noqa: F821 (resolved by napari)
-    """Layer-list context action: add the RGB composite of the selected raster band layer's file.
+    """Command "Add RGB composite of this raster" (Layers → Visualize, the command palette, the
+    Enhance widget's button): ``add_composite`` on the selected layers, its message as a
+    notification."""
+    from napari.utils.notifications import show_info
 
-    napari offers the user one reader per *plugin*, not per reader contribution, and npe2 tries a
-    plugin's readers in no fixed order, so the composite is chosen here rather than by a second
-    reader. From Python: ``read_layers(path, layers.RGB)``.
+    _, message = add_composite(viewer)
+    show_info(message)
+
+
+def add_composite(viewer, chosen=None) -> tuple:
+    """Add the true-colour composite of the raster whose band layers (or composite) are
+    ``chosen`` (default: the selected layers), built from the layers' own data
+    (``layers.band_members``, ``layers.composite``) so an enhanced band set shows enhanced.
+    A composite of the same name made before is replaced in place, never duplicated.
+    Returns ``(layer, message)``; raises ``HiresError`` when nothing chosen is a raster band.
     """
-    layer = viewer.layers.selection.active
-    ref = (getattr(layer, "metadata", None) or {}).get(layers.META)
-    if ref is None or ref.kind != "raster" or not ref.source_path:
-        raise HiresError("select a band layer of a raster opened by hires-domain")
-    for data, kwargs, _ in read_layers(ref.source_path, layers.RGB):
-        viewer.add_image(data, **kwargs)
+    from napari.layers import Image as ImageLayer, Layer
+
+    chosen = list(viewer.layers.selection) if chosen is None else list(chosen)
+    everything = [(ly.name, ly.data, ly.metadata) for ly in viewer.layers if isinstance(ly, ImageLayer)]
+    members, name = layers.band_members(everything, [(ly.name, ly.data, ly.metadata) for ly in chosen
+                                                     if isinstance(ly, ImageLayer)])
+    data, kwargs, kind = layers.composite(members, name)
+    meta = kwargs["metadata"]
+    colours = ", ".join(f"{c} {layers.band_info(members[k][2])['name']}"
+                        for c, k in zip(("red", "green", "blue"), meta["rgb_bands"]))
+    old = next((ly for ly in viewer.layers if ly.name == kwargs["name"] and layers.RGB_SOURCES in ly.metadata), None)
+    layer = Layer.create(data, kwargs, kind)
+    if old is None:
+        viewer.layers.append(layer)
+        return layer, f"added '{layer.name}' ({colours}: {meta['rgb_reason']})"
+    index = viewer.layers.index(old)
+    viewer.layers.remove(old)
+    viewer.layers.insert(index, layer)
+    return layer, f"replaced '{layer.name}' ({colours}: {meta['rgb_reason']})"

@@ -20,5 +20,6 @@ def ct_series() -> list[tuple]:
 
 
 def s2_crop() -> list[tuple]:
-    """Sentinel-2 B02,B03,B04,B08 crop (bundled): one layer per band."""
-    return read_layers(sample_path("s2_crop.tif"), layers.BANDS)
+    """Sentinel-2 B02,B03,B04,B08 crop (bundled): true-colour composite and hidden band layers,
+    as File → Open shows it."""
+    return read_layers(sample_path("s2_crop.tif"), layers.TRUE_COLOUR)

@@ -2,13 +2,14 @@
 
 - ``EnhanceWidget``: run a model on an image layer (or a region of it) in a napari generator
   worker; progress per tile, Cancel between tiles, stale results refused.
-- ``CompareWidget``: metrics table, a difference layer, and a fade slider (swipe by opacity)
-  plus a side-by-side toggle (napari's grid mode).
+- ``CompareWidget``: metrics table (computed in a worker thread), a difference layer, and a fade
+  slider (swipe by opacity) plus a side-by-side toggle (napari's grid mode).
 - ``WindowPresetsWidget``: CT window/level presets in one click.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -17,11 +18,11 @@ from napari.layers import Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
-                            QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
+                            QProgressBar, QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from hires_domain.errors import HiresError
-from hires_domain.intensity import CT_WINDOWS
+from hires_domain.intensity import CT_WINDOWS, window_label
 from hires_domain.pipeline import Settings, domain_of
 
 from . import jobs
@@ -113,7 +114,12 @@ class EnhanceWidget(QWidget):
         self.device_label = QLabel()
         self.steps = QSpinBox(minimum=1, maximum=1000, value=20)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=1.0, singleStep=0.1, decimals=2)
+        self.strength.setToolTip("how much of the model's change to keep: output = input + strength × "
+                                 "(model − input); 1 = the model's output, 0 = the input")
+        self.strength_label = QLabel("strength")  # the row shows for x1 (denoising) models only
         self.diffusion_box = QWidget()
+        self.diffusion_label = QLabel("diffusion")  # the row (label and box) shows for diffusion models only
         dl = QHBoxLayout(self.diffusion_box)
         dl.setContentsMargins(0, 0, 0, 0)
         for label, w in (("steps", self.steps), ("seed", self.seed)):
@@ -123,6 +129,9 @@ class EnhanceWidget(QWidget):
         self.region_combo.addItems(jobs.REGION_MODES)
         self.region_button = QPushButton("Draw region")
         self.region_button.setToolTip(f"add a Shapes layer '{jobs.REGION_LAYER}' to draw a rectangle in")
+        self.composite_button = QPushButton("Add RGB composite of selected raster")
+        self.composite_button.setToolTip("true colour (2-98 % stretch) from the selected band layers' own data "
+                                         "(a result band set shows enhanced); replaces its earlier composite")
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -138,15 +147,17 @@ class EnhanceWidget(QWidget):
         form.addRow("input", self.layer_combo)
         form.addRow("model", self.model_combo)
         form.addRow("scale", self.scale)
+        form.addRow(self.strength_label, self.strength)
         form.addRow("tile", self.tile)
         form.addRow("overlap", self.overlap)
         form.addRow("device", self.device_combo)
         form.addRow("", self.device_label)
-        form.addRow("diffusion", self.diffusion_box)
+        form.addRow(self.diffusion_label, self.diffusion_box)
         region = QHBoxLayout()
         region.addWidget(self.region_combo)
         region.addWidget(self.region_button)
         form.addRow("region", region)
+        form.addRow("raster", self.composite_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -158,12 +169,15 @@ class EnhanceWidget(QWidget):
         self.layer_combo.currentTextChanged.connect(self._refresh_models)
         self.model_combo.currentTextChanged.connect(self._on_model)
         self.device_combo.currentTextChanged.connect(self._on_device)
+        self.tile.valueChanged.connect(self._on_tile)
         self.region_button.clicked.connect(self.add_region_layer)
+        self.composite_button.clicked.connect(self.add_composite)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         _watch_layers(self.viewer, self._refresh_layers)
         self._refresh_layers()
         self._on_device(self.device_combo.currentText())
+        self._on_tile(self.tile.value())
 
     # --- controls ----------------------------------------------------------------------------
 
@@ -203,17 +217,44 @@ class EnhanceWidget(QWidget):
 
     def _on_model(self, name: str):
         """The scale follows the model: a scale it cannot do becomes its own (s2-sr-x4 → 4)."""
-        self.diffusion_box.setVisible(jobs.model_family(name) == "diffusion")
+        diffusion = jobs.model_family(name) == "diffusion"
+        self.diffusion_label.setVisible(diffusion)
+        self.diffusion_box.setVisible(diffusion)
+        denoiser = jobs.takes_strength(name)
+        self.strength_label.setVisible(denoiser)
+        self.strength.setVisible(denoiser)
         info = jobs.model_info(name)
         if info is not None and self.scale.value() not in info.scales:
             self.scale.setValue(info.default_scale)
+
+    def _on_tile(self, tile: int):
+        """Overlap stays below the tile: at most tile − 1; one that no longer fits becomes tile/8
+        (the default 32 of 256)."""
+        value = self.overlap.value()
+        self.overlap.setMaximum(max(0, tile - 1))
+        if value >= tile:
+            self.overlap.setValue(tile // 8)
 
     def _on_device(self, name: str):
         self.device_label.setText(f"in use: {jobs.device_in_use(name)}")
 
     def settings(self) -> Settings:
         return Settings(model=self.model_combo.currentText(), scale=self.scale.value(), tile=self.tile.value(),
-                        overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText())
+                        overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText(),
+                        strength=self.strength.value() if jobs.takes_strength(self.model_combo.currentText()) else 1.0)
+
+    def add_composite(self):
+        """The true-colour composite of the selected raster's band layers (``readers.add_composite``)."""
+        from .readers import add_composite
+
+        try:
+            _, message = add_composite(self.viewer)
+        except HiresError as e:
+            self.status.setText(f"no composite: {e}")
+            show_error(str(e))
+            return None
+        self.status.setText(message)
+        return message
 
     # --- regions -----------------------------------------------------------------------------
 
@@ -266,6 +307,7 @@ class EnhanceWidget(QWidget):
                                          self.region(layer), options)
         except HiresError as e:
             self.last_outcome = "error"
+            self.status.setText(f"not run: {e}")  # never the previous run's "added …"
             show_error(str(e))
             return
         self.job = job
@@ -361,12 +403,20 @@ class CompareWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.comparison: jobs.Comparison | None = None
+        self.worker = None
+        self.compute_thread = None  # the thread the last comparison was computed in (tests)
         self.result_combo = QComboBox()
         self.ref_combo = QComboBox()
         self.window_combo = QComboBox()
-        self.window_combo.addItems([SAME_AS_INPUT, *CT_WINDOWS])
+        self.window_combo.addItem(SAME_AS_INPUT, None)
+        for name in CT_WINDOWS:  # shown as 'full HU range' for 'hu'; the item's data is the name
+            self.window_combo.addItem(window_label(name), name)
         self.window_label = QLabel("window")
         self.bands_label = QLabel("")
+        self.band_warning = QLabel("")  # different bands chosen (B02 result against B03 reference)
+        self.band_warning.setWordWrap(True)
+        self.band_warning.setStyleSheet("color: orange")
+        self.band_warning.setVisible(False)
         self.compare_button = QPushButton("Compare")
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["metric", "value", "unit", "better"])
@@ -386,6 +436,7 @@ class CompareWidget(QWidget):
         form.addRow("reference", self.ref_combo)
         form.addRow(self.window_label, self.window_combo)
         form.addRow("bands", self.bands_label)
+        form.addRow(self.band_warning)
         lay.addLayout(form)
         lay.addWidget(self.compare_button)
         lay.addWidget(self.table)
@@ -405,22 +456,56 @@ class CompareWidget(QWidget):
         _watch_layers(self.viewer, self._refresh_layers)
         self._refresh_layers()
 
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def _band_sets(self) -> dict[str, list[str]]:
+        return jobs.band_sets([(ly.name, ly.metadata) for ly in _image_layers(self.viewer)])
+
     def _refresh_layers(self, *_):
         names = [ly.name for ly in _image_layers(self.viewer)]
-        _fill(self.result_combo, list(reversed(names)))  # newest (top) first: usually the result
-        _fill(self.ref_combo, names)
+        sets = list(self._band_sets())  # '<raster> [all N bands]': every band at once (SAM, ERGAS)
+        _fill(self.result_combo, list(reversed(names)) + sets)  # newest (top) first: usually the result
+        _fill(self.ref_combo, names + sets)
         self._on_ref()
 
+    def _layers_of(self, choice: str) -> list:
+        """The chosen layer, or the band layers of an 'all bands' choice (empty when gone)."""
+        found = [_find(self.viewer, n) for n in self._band_sets().get(choice, [choice])]
+        return [] if any(ly is None for ly in found) else found
+
+    def _band_names(self, choice: str) -> tuple[str, ...]:
+        out = []
+        for ly in self._layers_of(choice):
+            img, band = ly.metadata[jobs.layers.META], ly.metadata.get("band")
+            out += list(img.band_names if band is None else img.band_names[band:band + 1])
+        return tuple(out)
+
     def _on_ref(self, *_):
-        ref = _find(self.viewer, self.ref_combo.currentText())
-        medical = ref is not None and domain_of(ref.metadata[jobs.layers.META]) == "medical"
+        refs = self._layers_of(self.ref_combo.currentText())
+        medical = bool(refs) and domain_of(refs[0].metadata[jobs.layers.META]) == "medical"
         self.window_label.setVisible(medical)
         self.window_combo.setVisible(medical)
-        if ref is not None:
-            img = ref.metadata[jobs.layers.META]
-            band = ref.metadata.get("band")
-            names = img.band_names if band is None else img.band_names[band:band + 1]
-            self.bands_label.setText(", ".join(names) or "single channel")
+        if refs:
+            self.bands_label.setText(", ".join(self._band_names(self.ref_combo.currentText())) or "single channel")
+        a, b = self._band_names(self.result_combo.currentText()), self._band_names(self.ref_combo.currentText())
+        self._show_band_warning(a and b and a != b and
+                                f"different bands: {', '.join(a)} (result) against {', '.join(b)} (reference)")
+
+    def _show_band_warning(self, text) -> None:
+        self.band_warning.setText(f"warning: {text}" if text else "")
+        self.band_warning.setVisible(bool(text))
+
+    def _image(self, choice: str):
+        """A snapshot Image of a choice (a layer, or all band layers of a raster), main thread."""
+        found = self._layers_of(choice)
+        if not found:
+            raise HiresError("choose a result and a reference layer")
+        if len(found) > 1 or choice in self._band_sets():
+            return jobs.band_set_image([(np.array(ly.data, dtype=np.float32), ly.metadata) for ly in found], choice)
+        ly = found[0]
+        return jobs.layer_image(np.array(ly.data, dtype=np.float32), ly.metadata, ly.name)
 
     def _pair(self):
         a, b = _find(self.viewer, self.result_combo.currentText()), _find(self.viewer, self.ref_combo.currentText())
@@ -431,28 +516,56 @@ class CompareWidget(QWidget):
         return a, b
 
     def compare(self):
-        """Fill the table and add (or replace) the difference layer ``<a> − <b>``."""
+        """Snapshot both choices here (main thread), compute the metrics and the difference in a
+        worker; when it finishes, fill the table and add (or replace) the layer ``<a> − <b>``."""
+        if self.busy:
+            return
+        name_a, name_b = self.result_combo.currentText(), self.ref_combo.currentText()
         try:
-            a, b = self._pair()
-            pred = jobs.layer_image(a.data, a.metadata, a.name)
-            ref = jobs.layer_image(b.data, b.metadata, b.name)
-            window = self.window_combo.currentText()
-            window = None if window == SAME_AS_INPUT or not self.window_combo.isVisibleTo(self) else window
-            comparison = jobs.compare(pred, ref, window=window)
-            data, kwargs, _ = jobs.difference_layer(pred, ref, a.name, b.name)
+            if name_a == name_b and name_a:
+                raise HiresError("the result and the reference are the same layer")
+            pred, ref = self._image(name_a), self._image(name_b)
+            window = self.window_combo.currentData() if self.window_combo.isVisibleTo(self) else None
         except HiresError as e:
             show_error(str(e))
             return
+        self.summary.setText(f"comparing {name_a} with {name_b}…")
+        worker = create_worker(self._compute, pred, ref, name_a, name_b, window, _start_thread=False)
+        worker.returned.connect(self._on_compared)
+        worker.errored.connect(lambda exc: self.summary.setText(f"failed: {exc}"))
+        worker.finished.connect(self._on_compare_finished)
+        self.worker = worker
+        self.compare_button.setEnabled(False)
+        worker.start()
+
+    def _compute(self, pred, ref, name_a, name_b, window):  # worker thread
+        self.compute_thread = threading.current_thread()
+        return jobs.run_compare(pred, ref, name_a, name_b, window)
+
+    def _on_compared(self, outcome: jobs.CompareOutcome):
+        if outcome.error:
+            self.summary.setText(outcome.error)
+            show_error(outcome.error)
+            return
+        comparison = outcome.comparison
         self.comparison = comparison
         self.table.setRowCount(len(comparison.rows))
         for i, row in enumerate(comparison.rows):
             for j, text in enumerate(row):
                 self.table.setItem(i, j, QTableWidgetItem(str(text)))
         self.summary.setText(comparison.summary)
+        self._show_band_warning(comparison.warning)
+        if comparison.warning:
+            show_warning(comparison.warning)
+        data, kwargs, _ = outcome.difference
         old = _find(self.viewer, kwargs["name"])
         if old is not None:
             self.viewer.layers.remove(old)
         self.viewer.add_image(data, visible=False, **kwargs)
+
+    def _on_compare_finished(self):
+        self.worker = None
+        self.compare_button.setEnabled(True)
 
     def _on_fade(self, value: int):
         """Opacity swipe: the upper of the two layers fades from reference (0) to result (100)."""

@@ -18,7 +18,8 @@ Paths:
 Layers without hires metadata (a plain numpy layer): written as NIfTI only, with the geometry
 the viewer shows (scale/translate/rotate/shear/affine read as patient LPS axes z, y, x, in mm);
 GeoTIFF and DICOM are refused because there is no CRS or source series to write them with.
-The RGB composite layer is display-only and refused (save the band layers).
+Several raster band layers (or one RGB composite) selected and saved to ``.tif``/``.tiff``: one
+multi-band GeoTIFF (``write_bands``). ``*.cog.tif`` writes a Cloud Optimized GeoTIFF.
 """
 
 from __future__ import annotations
@@ -43,16 +44,55 @@ def write_image(path: str, data, meta: dict) -> list[str]:
 
     metadata = meta.get("metadata") or {}
     name = meta.get("name", "layer")
+    if metadata.get(layers.RGB_SOURCES):  # an RGB composite stands for its band layers
+        return write_bands(path, [(data, meta, "image")])
     if layers.META in metadata:
         image = layers.to_image(np.asarray(data), metadata)
         _warn_if_moved(image, meta, name)
     else:
         image = plain_image(np.asarray(data), meta)
-    # an enhanced layer may say how it was made (e.g. "model=srresnet-ct x2 ..."): DICOM puts it
-    # in DerivationDescription (and the model name in SeriesDescription), NIfTI in descrip
-    description = str(metadata.get("description") or DESCRIPTION)
-    out = hires_domain.write(image, Path(path), overwrite=True, description=description)
+    description = describe(metadata)
+    out = hires_domain.write(image, Path(path), overwrite=True, description=description, cog=is_cog(path))
     return [str(out)]
+
+
+def is_cog(path) -> bool:
+    """``*.cog.tif``/``*.cog.tiff`` asks for a Cloud Optimized GeoTIFF (the CLI's ``--cog``)."""
+    return str(path).lower().endswith((".cog.tif", ".cog.tiff"))
+
+
+def write_bands(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 multi-layer writer (two or more image layers, or one RGB composite): the band layers
+    of one raster (or of one enhanced band set) as ONE multi-band GeoTIFF (a COG for
+    ``*.cog.tif``) with CRS, transform, nodata and each band's name, scale/offset and tags.
+
+    A composite stands for its band layers; band layers of one raster are written in band order
+    (only those selected), other band layers on one grid in the order given
+    (``layers.band_members``, ``layers.stack_bands``)."""
+    import hires_domain
+
+    chosen = [(meta.get("name", "layer"), data, meta.get("metadata") or {}) for data, meta, _ in layer_data]
+    for name, _, metadata in chosen:
+        if not (layers.is_band_layer(metadata) or metadata.get(layers.RGB_SOURCES)):
+            raise HiresError(f"layer '{name}' is not a raster band opened by hires-domain: a multi-band GeoTIFF "
+                             "is written from band layers of one grid (save other layers one at a time)")
+    members, _ = layers.band_members(chosen, chosen)
+    image = layers.stack_bands(members)
+    for data, meta, _ in layer_data:
+        _warn_if_moved(image, meta, meta.get("name", "layer"))
+    out = hires_domain.write(image, Path(path), overwrite=True, description=describe(members[0][2]),
+                             cog=is_cog(path))
+    return [str(out)]
+
+
+def describe(metadata: dict) -> str:
+    """What made the layer, for the file: an enhanced layer's provenance as the CLI writes it
+    (``pipeline.Settings.describe``: version, model, scale, tile, overlap; kept in the result
+    Image's meta), else ``DESCRIPTION``. DICOM puts it in DerivationDescription (and the model
+    name in SeriesDescription), NIfTI in descrip, GeoTIFF in its provenance tag."""
+    ref = metadata.get(layers.META)
+    provenance = getattr(ref, "meta", {}).get("provenance") if ref is not None else None
+    return str(metadata.get("description") or provenance or DESCRIPTION)
 
 
 def plain_image(data: np.ndarray, meta: dict) -> Image:

@@ -69,11 +69,12 @@ def test_plugin_manager_discovers_contributions():
     assert manifest.display_name == "hires-domain"
     contrib = manifest.contributions
     # one reader: napari offers a choice per plugin and npe2 tries one plugin's readers in no
-    # fixed order, so the RGB composite is a layer context action instead of a second reader
+    # fixed order, so a raster opens as composite + band layers and "Add RGB composite" is a command
     assert [r.command for r in contrib.readers] == ["hires-domain.read"]
-    assert [m.command for m in contrib.menus["napari/layers/context"]] == ["hires-domain.show_rgb_composite"]
+    for menu in ("napari/layers/visualize", "napari/layers/context"):
+        assert [m.command for m in contrib.menus[menu]] == ["hires-domain.show_rgb_composite"]
     assert next(r for r in contrib.readers if r.command == "hires-domain.read").accepts_directories
-    assert {w.command for w in contrib.writers} == {"hires-domain.write_image"}
+    assert {w.command for w in contrib.writers} == {"hires-domain.write_image", "hires-domain.write_bands"}
     assert set().union(*(w.filename_extensions for w in contrib.writers)) == {".nii", ".nii.gz", ".tif", ".tiff"}
     assert {s.key for s in contrib.sample_data} == {"ct_series", "s2_crop"}
     assert {w.display_name for w in contrib.widgets} == {"Enhance", "Compare", "CT window presets"}
@@ -83,6 +84,8 @@ def test_plugin_manager_discovers_contributions():
     for path in ("out.nii.gz", "out.tif", "out_series"):
         writer, _ = pm.get_writer(path, ["image"], plugin_name=PLUGIN)
         assert writer is not None and writer.command == "hires-domain.write_image", path
+    writer, _ = pm.get_writer("bands.tif", ["image"] * 4, plugin_name=PLUGIN)  # several band layers: one file
+    assert writer is not None and writer.command == "hires-domain.write_bands"
     dicom = [w for w in contrib.writers if not w.filename_extensions]
     assert [w.display_name for w in dicom] == ["DICOM series (directory)"]
 
@@ -123,7 +126,9 @@ def test_open_nifti(viewer, nifti_path, corner_worlds):
 def test_open_s2_one_layer_per_band(viewer, s2_path, corner_worlds):
     added = open_one(viewer, s2_path)
     image = hires_domain.read(s2_path)
-    assert [lay.name for lay in added] == [f"s2_crop [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    assert [lay.name for lay in added] == ["s2_crop [RGB B04,B03,B02]"] + [f"s2_crop [{b}]" for b in
+                                                                          ("B02", "B03", "B04", "B08")]
+    added = added[1:]  # the band layers, hidden above the composite (tests/napari/test_rasters.py)
     data = image.array()
     for b, layer in enumerate(added):
         np.testing.assert_array_equal(np.asarray(layer.data), data[b])
@@ -133,15 +138,16 @@ def test_open_s2_one_layer_per_band(viewer, s2_path, corner_worlds):
 
 
 def open_rgb(viewer, s2_path):
-    """The layer context action "Add RGB composite of this raster" on a band layer."""
+    """The command "Add RGB composite of this raster" on a band layer: the reader's composite is
+    rebuilt in place (replaced, not duplicated)."""
     from napari._app_model import get_app_model
 
-    band = open_one(viewer, s2_path)[1]
+    band = open_one(viewer, s2_path)[2]
     viewer.layers.selection.active = band
     n = len(viewer.layers)
     get_app_model().commands.execute_command("hires-domain.show_rgb_composite").result()
-    assert len(viewer.layers) == n + 1
-    return viewer.layers[-1]
+    assert len(viewer.layers) == n
+    return viewer.layers[0]
 
 
 def test_open_s2_as_rgb_composite(viewer, s2_path, corner_worlds):
@@ -215,7 +221,7 @@ def test_write_raster_band_keeps_georeferencing(viewer, s2_path, tmp_path):
     import rasterio
 
     added = open_one(viewer, s2_path)
-    band = added[2]  # B04
+    band = added[3]  # B04 (after the composite)
     out = tmp_path / "b04.tif"
     assert band.save(str(out), plugin=PLUGIN) == [str(out)]
     with rasterio.open(s2_path) as src, rasterio.open(out) as dst:
@@ -286,10 +292,12 @@ def test_write_plain_layer_as_nifti_from_viewer_geometry(viewer, tmp_path):
     assert not (tmp_path / "plain.tif").exists()
 
 
-def test_rgb_composite_is_not_written(viewer, s2_path, tmp_path):
+def test_rgb_composite_is_saved_as_its_bands_not_as_nifti(viewer, s2_path, tmp_path):
     layer = open_rgb(viewer, s2_path)
-    with pytest.raises(HiresError, match="display only"):
-        layer.save(str(tmp_path / "rgb.tif"), plugin=PLUGIN)
+    with pytest.raises(HiresError, match="cannot write a raster image"):
+        layer.save(str(tmp_path / "rgb.nii.gz"), plugin=PLUGIN)
+    assert layer.save(str(tmp_path / "rgb.tif"), plugin=PLUGIN) == [str(tmp_path / "rgb.tif")]
+    assert hires_domain.read(tmp_path / "rgb.tif").band_names == ("B02", "B03", "B04", "B08")
 
 
 def test_writer_says_when_the_layer_was_moved(viewer, nifti_path, tmp_path):
@@ -309,5 +317,5 @@ def test_sample_data(viewer, corner_worlds, ct_series_dir, s2_path):
     assert tuple(ct[0].contrast_limits) == (-160.0, 240.0)
     assert_geometry(ct[0], hires_domain.read(ct_series_dir), corner_worlds)
     s2 = viewer.open_sample(PLUGIN, "s2_crop")
-    assert len(s2) == 4 and s2[0].name == "s2_crop [B02]"
-    assert len(viewer.layers) == 5
+    assert len(s2) == 5 and s2[0].rgb and s2[1].name == "s2_crop [B02]" and not s2[1].visible
+    assert len(viewer.layers) == 6

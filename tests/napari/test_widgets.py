@@ -84,6 +84,14 @@ def run_and_wait(qtbot, w, on_first_yield=None):
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
 
 
+def compare_and_wait(qtbot, c):
+    """Click Compare and wait for its worker (the table fills when it finishes)."""
+    c.compare_button.click()
+    assert c.busy and not c.compare_button.isEnabled()
+    qtbot.waitUntil(lambda: not c.busy, timeout=TIMEOUT)
+    assert c.compare_button.isEnabled()
+
+
 @pytest.mark.parametrize("sample,bands,factors", [("ct_head_series", None, (1, 2, 2)),
                                                   ("ct_head.nii.gz", None, (1, 2, 2)),
                                                   ("s2_crop.tif", [2], (2, 2))])
@@ -98,7 +106,7 @@ def test_enhance_output_overlays_input(viewer, enhance, qtbot, sample, bands, fa
     assert w.last_outcome == "added"
     assert len(viewer.layers) == 2
     out = viewer.layers[-1]
-    assert out.name == f"{layer.name} [bicubic]"
+    assert out.name == f"{layer.name} [bicubic x2]"
     assert np.shape(out.data) == tuple(n * f for n, f in zip(np.shape(layer.data), factors))
     assert np.allclose(edge_worlds(out), edge_worlds(layer), atol=1e-6)
     assert out.contrast_limits == layer.contrast_limits
@@ -207,7 +215,7 @@ def test_region_preview_of_a_drawn_rectangle(viewer, enhance, qtbot):
     run_and_wait(qtbot, w)
     assert w.last_outcome == "added"
     out = viewer.layers[-1]
-    assert out.name == f"{layer.name} [bicubic] preview"
+    assert out.name == f"{layer.name} [bicubic x2] preview"
     assert np.shape(out.data) == (80, 128)
     expected = np.array([layer.data_to_world(p) for p in itertools.product((39.5, 79.5), (99.5, 163.5))])
     assert np.allclose(edge_worlds(out), expected, atol=1e-6)
@@ -234,7 +242,7 @@ def test_all_band_layers_of_a_raster_feed_the_four_band_model(viewer, enhance, q
     assert w.last_outcome == "added", w.status.text()
     assert w.domain_note.isHidden() and not w.domain_note.text()  # the model's own kind of data: no warning
     outs = viewer.layers[-4:]
-    assert [o.name for o in outs] == [f"s2_crop [s2-sr-x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    assert [o.name for o in outs] == [f"s2_crop [s2-sr-x4 x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
     expected = np.array([bands[0].data_to_world(p) for p in itertools.product((99.5, 131.5), (59.5, 107.5))])
     for out, band in zip(outs, bands):
         assert np.shape(out.data) == (128, 192)
@@ -303,7 +311,7 @@ def test_compare_table_difference_fade_and_grid(viewer, enhance, qtbot):
     c.ref_combo.setCurrentText(layer.name)
     assert c.window_combo.isVisibleTo(c)  # CT: windows offered
     c.window_combo.setCurrentText("soft-tissue")
-    c.compare_button.click()
+    compare_and_wait(qtbot, c)
     rows = {c.table.item(i, 0).text(): [c.table.item(i, j).text() for j in range(1, 4)]
             for i in range(c.table.rowCount())}
     assert {"psnr", "ssim", "hu_mae"} <= set(rows)
@@ -313,7 +321,7 @@ def test_compare_table_difference_fade_and_grid(viewer, enhance, qtbot):
     diff = viewer.layers[-1]
     assert diff.name == f"{result.name} − {layer.name}"
     assert np.allclose(edge_worlds(diff), edge_worlds(layer))
-    c.compare_button.click()  # again: replaces the difference layer
+    compare_and_wait(qtbot, c)  # again: replaces the difference layer
     assert len(viewer.layers) == 3
     # fade: the upper of result/reference fades; grid: side by side
     c.fade.setValue(30)
@@ -337,7 +345,7 @@ def test_compare_raster_band_shows_bands(viewer, enhance, qtbot):
     c.result_combo.setCurrentText(viewer.layers[-1].name)
     c.ref_combo.setCurrentText(layer.name)
     assert not c.window_combo.isVisibleTo(c) and c.bands_label.text() == "B03"
-    c.compare_button.click()
+    compare_and_wait(qtbot, c)
     rows = {c.table.item(i, 0).text() for i in range(c.table.rowCount())}
     assert {"psnr", "ssim"} <= rows
     assert len(viewer.layers) == 3
