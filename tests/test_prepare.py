@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from support import S2_RECIPE, SAMPLES, fails, hires
 
 ROOT = Path(__file__).resolve().parents[1]
 DICOM = Path(__file__).parent / "data" / "dicom"
+MR_NIFTI = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"  # MR: not CT by its values
 RESERVED = ("CT_small", "693_", "eCT_Supplemental")
 
 S2 = {**S2_RECIPE, "seed": 3}
@@ -340,7 +342,9 @@ BAD = [
     (with_(S2, degradation={**S2["degradation"], "variants": 0}), "degradation.variants", ""),
     (with_(S2, degradation={**S2["degradation"], "decimation": []}), "degradation.decimation", ""),
     (with_(CT, degradation={"scale": 2, "fwhm_mm": -1.0}), "degradation", "fwhm_mm -1.0"),
-    (with_(CT, sources=[{"path": str(SAMPLES / "ct_head.nii.gz")}, CT["sources"][2]]), "sources[0]", "not in HU"),
+    # an MR NIfTI (nibabel's test volume): no CT-like values, so not HU without 'units: HU'
+    # (the bundled ct_head.nii.gz is read as HU: intensity.ct_evidence)
+    (with_(CT, sources=[{"path": str(MR_NIFTI)}, CT["sources"][2]]), "sources[0]", "not in HU"),
 ]
 
 

@@ -73,7 +73,8 @@ def test_cli_strength(tmp_path, capsys, ct_crop):
                          "--tile", "64", "--device", "cpu", "-q")
     assert code == 0, err
     assert "strength=0.5" in nibabel.load(out).header["descrip"].item().decode()
-    fails(capsys, "enhance", src, tmp_path / "a.nii.gz", "--model", "ct-denoise", "--strength", "2", match="from 0 to 1")
+    fails(capsys, "enhance", src, tmp_path / "a.nii.gz", "--model", "ct-denoise", "--strength", "2",
+          match="from 0 to 1")
     fails(capsys, "enhance", src, tmp_path / "b.nii.gz", "--strength", "0.5", match="bicubic runs at x2")
     fails(capsys, "enhance", src, tmp_path / "c.nii.gz", "--strength", "1", match="x1 (denoising) models")
     assert not any(tmp_path.glob("[abc].nii.gz"))

@@ -3,8 +3,10 @@
     xvfb-run -a python docs/scripts/napari_screenshots.py [OUT_DIR]     # default docs/images
 
 Opens the bundled CT series through the plugin's reader, runs the Enhance widget (bicubic x2) and
-the Compare widget, opens the Sentinel-2 crop as File → Open does (true-colour composite, band layers
-hidden), shows it before and after x4, and saves the whole window (widgets included) each time.
+the Compare widget, opens a real CT slice saved as NIfTI (no modality: recognised as CT and shown in
+the soft-tissue window) and denoises it at strength 0.5 and 1.0, opens the Sentinel-2 crop as File →
+Open does (true-colour composite, band layers hidden), shows it before and after x4, and saves the
+whole window (widgets included) each time.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ def wait_for(widget) -> None:
         QApplication.processEvents()
 
 
-def enhance(viewer, layer_name: str, scale: int, tile: int) -> EnhanceWidget:
+def enhance(viewer, layer_name: str, scale: int, tile: int, model: str = "bicubic",
+            strength: float = 1.0) -> EnhanceWidget:
     w = EnhanceWidget(viewer)
     viewer.window.add_dock_widget(w, name="Enhance", area="right")
     w.layer_combo.setCurrentText(layer_name)
-    w.model_combo.setCurrentText("bicubic")
+    w.model_combo.setCurrentText(model)
     w.scale.setValue(scale)
     w.tile.setValue(tile)
     w.overlap.setValue(tile // 8)
+    w.strength.setValue(strength)
     w.run()
     wait_for(w)
     return w
@@ -76,9 +80,30 @@ def main(out: Path = ROOT / "docs" / "images") -> None:
     wait_for(compare)  # the comparison runs in a worker
     shot(viewer, out / "napari_compare.png")
 
+    # a real CT slice as NIfTI (no modality in the header) opens in the soft-tissue window;
+    # ct-denoise at strength 0.5 and 1.0 beside it (CT_small: a chest slice, soft-tissue window)
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")
+    with tempfile.TemporaryDirectory() as tmp:
+        from pydicom.data import get_testdata_file
+
+        nii = Path(tmp) / "ct_slice.nii.gz"
+        hd.write(hd.read(get_testdata_file("CT_small.dcm")), nii)
+        viewer.open(str(nii), plugin="hires-domain")
+    ct = viewer.layers[-1].name
+    viewer.dims.set_current_step(0, 0)  # the one slice (the viewer still holds the series' z point)
+    viewer.reset_view()
+    shot(viewer, out / "napari_ct_nifti_soft_tissue.png")
+    for strength in (0.5, 1.0):
+        viewer.window.remove_dock_widget("all")
+        enhance(viewer, ct, 1, 256, model="ct-denoise", strength=strength)
+    viewer.grid.enabled = True
+    viewer.reset_view()
+    shot(viewer, out / "napari_ct_denoise_strength.png")
+    viewer.grid.enabled = False
+
     # Sentinel-2 as File → Open shows it: the true-colour composite, band layers hidden above it
     viewer.layers.clear()
-    viewer.grid.enabled = False
     viewer.window.remove_dock_widget("all")
     viewer.open(str(SAMPLES / "s2_crop.tif"), plugin="hires-domain")
     viewer.window.add_dock_widget(EnhanceWidget(viewer), name="Enhance", area="right")

@@ -19,13 +19,14 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
-                            QProgressBar, QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QProgressBar, QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                            QWidget)
 
 from hires_domain.errors import HiresError
 from hires_domain.intensity import CT_WINDOWS, window_label
 from hires_domain.pipeline import Settings, domain_of
 
-from . import jobs
+from . import jobs, readers
 
 SAME_AS_INPUT = "(default)"
 
@@ -245,10 +246,8 @@ class EnhanceWidget(QWidget):
 
     def add_composite(self):
         """The true-colour composite of the selected raster's band layers (``readers.add_composite``)."""
-        from .readers import add_composite
-
         try:
-            _, message = add_composite(self.viewer)
+            _, message = readers.add_composite(self.viewer)
         except HiresError as e:
             self.status.setText(f"no composite: {e}")
             show_error(str(e))
@@ -365,13 +364,21 @@ class EnhanceWidget(QWidget):
             show_warning(reason)
             return
         single = not job.others  # a band set keeps each band's own contrast
+        added = []
         for data, kwargs, _ in jobs.output_layers(job, outcome.image,
                                                   contrast_limits=layer.contrast_limits if single else None,
                                                   colormap=layer.colormap.name if single else None):
             old = _find(self.viewer, kwargs["name"])
             if old is not None:  # a re-run replaces its previous result
                 self.viewer.layers.remove(old)
-            self.viewer.add_image(data, **kwargs)
+            added.append(self.viewer.add_image(data, **kwargs))
+        if len(added) >= 3:  # a band set shows as its true-colour composite, bands hidden
+            try:
+                readers.add_composite(self.viewer, added)
+                for band in added:
+                    band.visible = False
+            except HiresError:
+                pass  # bands that make no composite stay as they are
         self.last_outcome = "added"
         self.status.setText(f"added '{job.output_name}'")
 

@@ -174,8 +174,9 @@ def test_composite_of_an_enhanced_band_set_is_built_from_its_layers(viewer, s2_p
     w.run_button.click()
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert w.last_outcome == "added", w.status.text()
-    results = list(viewer.layers[-4:])
-    assert all(np.shape(r.data) == (512, 512) for r in results)
+    results = list(viewer.layers[-5:-1])  # the bands, then their composite, added on return
+    assert all(np.shape(r.data) == (512, 512) for r in results) and not any(r.visible for r in results)
+    assert viewer.layers[-1].rgb and len(composites(viewer)) == 2
     viewer.layers.selection = {results[0]}
     w.composite_button.click()
     rgb = viewer.layers[-1]

@@ -241,8 +241,10 @@ def test_all_band_layers_of_a_raster_feed_the_four_band_model(viewer, enhance, q
     run_and_wait(qtbot, w)
     assert w.last_outcome == "added", w.status.text()
     assert w.domain_note.isHidden() and not w.domain_note.text()  # the model's own kind of data: no warning
-    outs = viewer.layers[-4:]
-    assert [o.name for o in outs] == [f"s2_crop [s2-sr-x4 x4] preview [{b}]" for b in ("B02", "B03", "B04", "B08")]
+    outs = [viewer.layers[f"s2_crop [s2-sr-x4 x4] preview [{b}]"] for b in ("B02", "B03", "B04", "B08")]
+    composite = viewer.layers[-1]  # the result shows in true colour, its bands hidden (not washed out)
+    assert composite.rgb and composite.visible and not any(o.visible for o in outs)
+    assert np.shape(composite.data)[:2] == (128, 192)
     expected = np.array([bands[0].data_to_world(p) for p in itertools.product((99.5, 131.5), (59.5, 107.5))])
     for out, band in zip(outs, bands):
         assert np.shape(out.data) == (128, 192)
