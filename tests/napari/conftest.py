@@ -146,3 +146,21 @@ def corner_worlds():
         return shown, expected
 
     return compute
+
+
+@pytest.fixture
+def enhance(viewer):
+    """Factory of Enhance widgets docked in ``viewer`` (cpu; model, scale, tile, overlap set)."""
+    def make(model="bicubic", scale=2, tile=64, overlap=8):
+        from hires_napari.widgets import EnhanceWidget
+
+        w = EnhanceWidget(viewer)
+        viewer.window.add_dock_widget(w, name="hires enhance")
+        w.device_combo.setCurrentText("cpu")
+        w.scale.setValue(scale)
+        w.tile.setValue(tile)
+        w.overlap.setValue(overlap)
+        w.model_combo.setCurrentText(model)
+        return w
+
+    return make

@@ -27,22 +27,7 @@ from hires_napari.widgets import CompareWidget, EnhanceWidget  # noqa: E402
 
 @pytest.fixture
 def viewer(make_napari_viewer_proxy):
-    return make_napari_viewer_proxy()
-
-
-@pytest.fixture
-def enhance(viewer):
-    def make(model="nearest", scale=2, tile=64, overlap=8):
-        w = EnhanceWidget(viewer)
-        viewer.window.add_dock_widget(w, name="hires enhance")
-        w.device_combo.setCurrentText("cpu")
-        w.scale.setValue(scale)
-        w.tile.setValue(tile)
-        w.overlap.setValue(overlap)
-        w.model_combo.setCurrentText(model)
-        return w
-
-    return make
+    return make_napari_viewer_proxy()  # widgets keep references: no leak check
 
 
 def compare_widget(viewer, result: str, reference: str) -> CompareWidget:
@@ -64,7 +49,7 @@ def table(c: CompareWidget) -> dict[str, list[str]]:
 def test_result_names_carry_model_and_scale(viewer, enhance, qtbot):
     """x2 then x2 again replaces; x3 and another model add; the status names the layer."""
     [layer] = add_sample(viewer, "ct_head_series")
-    w = enhance()
+    w = enhance("nearest")
     run_and_wait(qtbot, w)
     first = viewer.layers[-1]
     assert first.name == f"{layer.name} [nearest x2]"
@@ -91,7 +76,7 @@ def test_saved_results_record_what_made_them(viewer, enhance, qtbot, tmp_path):
     import pydicom
 
     [layer] = add_sample(viewer, "ct_head_series")
-    w = enhance(tile=64, overlap=8)
+    w = enhance("nearest", tile=64, overlap=8)
     run_and_wait(qtbot, w)
     out = viewer.layers[-1]
     expected = w.job.settings.describe()  # what `hires enhance` writes (pipeline.Settings.describe)
@@ -121,7 +106,7 @@ def test_compare_runs_in_a_worker_and_shows_the_reference_values(viewer, enhance
     """The metrics are computed off the main thread (the table is empty until the worker is
     done); 'closer to' metrics show the reference's own value."""
     [layer] = add_sample(viewer, "ct_head_series")
-    w = enhance()
+    w = enhance("nearest")
     run_and_wait(qtbot, w)
     result = viewer.layers[-1]
     c = compare_widget(viewer, result.name, layer.name)
@@ -144,7 +129,7 @@ def test_compare_all_bands_gives_sam_and_ergas(viewer, enhance, qtbot):
     """'<raster> [all 4 bands]' on both sides: SAM and ERGAS appear; the difference layer has a
     band axis and overlays the reference."""
     bands = add_sample(viewer, "s2_crop.tif")
-    w = enhance(tile=128, overlap=8)
+    w = enhance("nearest", tile=128, overlap=8)
     w.layer_combo.setCurrentText("s2_crop [all 4 bands]")
     run_and_wait(qtbot, w)
     assert w.last_outcome == "added", w.status.text()
@@ -229,7 +214,7 @@ def test_axis_labels_name_the_axes(viewer, enhance, qtbot, nifti_path, s2_path):
     band = next(ly for ly in viewer.open(str(s2_path), plugin=PLUGIN) if jobs.is_hires_layer(ly.metadata))
     assert band.axis_labels == ("y", "x")
     assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
-    w = enhance()
+    w = enhance("nearest")
     w.layer_combo.setCurrentText(band.name)
     run_and_wait(qtbot, w)
     assert viewer.layers[-1].axis_labels == ("y", "x")

@@ -19,10 +19,15 @@ napari = pytest.importorskip("napari")
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
 
 from hires_napari import jobs, layers  # noqa: E402
-from hires_napari.widgets import CompareWidget, EnhanceWidget, WindowPresetsWidget  # noqa: E402
+from hires_napari.widgets import CompareWidget, WindowPresetsWidget  # noqa: E402
 
 SAMPLES = Path(str(resources.files("hires_domain") / "samples"))
 TIMEOUT = 30_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer_proxy):
+    return make_napari_viewer_proxy()  # widgets keep references: no leak check
 
 
 def add_sample(viewer, name: str, bands=None) -> list:
@@ -46,26 +51,6 @@ def edge_worlds(layer) -> np.ndarray:
 
 def notes(severity) -> list[str]:
     return [str(n.message) for n in notification_manager.records if n.severity == severity]
-
-
-@pytest.fixture
-def viewer(make_napari_viewer_proxy):
-    return make_napari_viewer_proxy()
-
-
-@pytest.fixture
-def enhance(viewer):
-    def make(model="bicubic", scale=2, tile=64, overlap=8):
-        w = EnhanceWidget(viewer)
-        viewer.window.add_dock_widget(w, name="hires enhance")
-        w.device_combo.setCurrentText("cpu")
-        w.scale.setValue(scale)
-        w.tile.setValue(tile)
-        w.overlap.setValue(overlap)
-        w.model_combo.setCurrentText(model)
-        return w
-
-    return make
 
 
 def run_and_wait(qtbot, w, on_first_yield=None):
