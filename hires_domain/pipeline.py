@@ -169,14 +169,11 @@ def check_domain(image: Image, model: Model, strict: bool = False) -> str | None
     return note
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings, domain_check: bool = True) -> Iterator[tuple[int, int]]:
-    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total).
-
-    ``domain_check``: run ``check_domain`` first (False when the caller already did)."""
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings) -> Iterator[tuple[int, int]]:
+    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total). The caller runs
+    the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari)."""
     model = get_model(s.model)
     spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
-    if domain_check:
-        check_domain(image, model, s.strict)
     device = tiling.resolve_device(s.device)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
     yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
@@ -190,24 +187,27 @@ def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
 
 def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int = 256, overlap: int = 32,
             batch_size: int = 4, device: str = "auto", progress: Progress | None = None, strict: bool = False,
-            domain_check: bool = True, strength: float = 1.0) -> Image:
+            strength: float = 1.0) -> Image:
     """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept.
     ``scale=None``: the model's own scale (its only one; 2 for the baselines).
 
     An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
-    with ``strict`` a HiresError; ``domain_check=False`` skips that check. ``strength`` (x1
-    models, 0..1): output = input + strength × (model − input); 1 is the model's own output."""
+    with ``strict`` a HiresError. ``strength`` (x1 models, 0..1): output = input + strength ×
+    (model − input); 1 is the model's own output."""
     s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength)
-    scale = s.scale
     m = get_model(model)
-    m.check(scale, image.channels, domain_of(image))
-    if domain_check:
-        check_domain(image, m, strict)
-    out = check_size(image, scale)
+    m.check(s.scale, image.channels, domain_of(image))
+    check_domain(image, m, strict)
+    return _enhance_checked(image, s, progress)
+
+
+def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> Image:
+    """``enhance`` after the model and domain checks."""
+    out = check_size(image, s.scale)
     fill = np.nan if image.nodata is None else image.nodata
     sink = tiling.ArraySink((image.channels, *out), fill=fill)
-    _drain(iter_enhance(image, sink, s, domain_check=False), progress)
-    return image.with_data(sink.array, factors=inplane_factors(image, scale),
+    _drain(iter_enhance(image, sink, s), progress)
+    return image.with_data(sink.array, factors=inplane_factors(image, s.scale),
                            meta={**image.meta, "provenance": s.describe()})
 
 
@@ -244,12 +244,10 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
             meta = {**image.meta, "nodata": image.nodata}
             with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,
                             provenance=settings.describe(), cog=cog, block=output_block(settings.scale)) as sink:
-                _drain(iter_enhance(image, sink, settings, domain_check=False), progress)
+                _drain(iter_enhance(image, sink, settings), progress)
             clipped = sink.clipped
     else:
-        result = enhance(image, settings.model, settings.scale, settings.tile, settings.overlap,
-                         settings.batch_size, settings.device, progress, domain_check=False,
-                         strength=settings.strength)
+        result = _enhance_checked(image, settings, progress)
         out = result.spatial_shape
         with io.atomic_output(dst, is_dir=kind == "dicom") as tmp:
             io.write_to(result, tmp, kind, description=settings.describe())

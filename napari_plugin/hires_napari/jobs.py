@@ -381,7 +381,7 @@ def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
         out = pipeline.check_size(image, s.scale)
         fill = np.nan if image.nodata is None else image.nodata
         sink = tiling.ArraySink((image.channels, *out), fill=fill)
-        yield from pipeline.iter_enhance(image, sink, s, domain_check=False)  # checked at capture
+        yield from pipeline.iter_enhance(image, sink, s)  # the domain was checked at capture
     except HiresError as e:
         return Outcome(job, error=str(e))
     result = image.with_data(sink.array, factors=pipeline.inplane_factors(image, s.scale),
