@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import HiresError
+from .errors import HiresError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Domain-correct super-resolution for DICOM/NIfTI volumes and satellite rasters.")
@@ -29,7 +29,7 @@ DEVICE_HELP = "auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)"
 
 def _line(msg: str) -> None:
     """One unwrapped line on stderr (errors and warnings must stay one line)."""
-    print(" ".join(str(msg).split()), file=sys.stderr)
+    print(one_line(msg), file=sys.stderr)
 
 
 def _scales(scales) -> str:

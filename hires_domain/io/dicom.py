@@ -30,7 +30,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from .. import geometry
 from ..intensity import mark_ct_padding
-from ..errors import HiresError
+from ..errors import HiresError, one_line
 from ..image import Image
 from .common import cast_to_dtype, is_temporary
 
@@ -310,7 +310,7 @@ def _convert_all(ds: Dataset) -> None:
 
 def _first_line(exc: BaseException) -> str:
     """A library's message on one line, at most 160 characters (its type when it has none)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 
 

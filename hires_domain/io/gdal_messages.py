@@ -18,9 +18,7 @@ import threading
 
 import rasterio
 
-
-def one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+from ..errors import one_line
 
 
 def reason(err: Exception) -> str:

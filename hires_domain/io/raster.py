@@ -26,11 +26,11 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .. import geometry
-from ..errors import HiresError
+from ..errors import HiresError, one_line
 from ..image import Image
 from ..tiling import ArraySource, Coverage, Region
 from .common import cast_to_dtype
-from .gdal_messages import FATAL_WARNINGS, libgeotiff_messages, one_line, reading, reason
+from .gdal_messages import FATAL_WARNINGS, libgeotiff_messages, reading, reason
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs

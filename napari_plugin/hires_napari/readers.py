@@ -13,7 +13,7 @@ import itertools
 import warnings
 from pathlib import Path
 
-from hires_domain.errors import HiresError
+from hires_domain.errors import HiresError, one_line
 
 from . import layers
 
@@ -60,7 +60,7 @@ def read_layers(path, mode: str = layers.BANDS) -> list[tuple]:
     except HiresError:
         raise
     except Exception as exc:  # any library error, reported in one line
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = one_line(exc) or type(exc).__name__
         raise HiresError(f"cannot open {path}: {detail}") from exc
 
 
