@@ -1,6 +1,10 @@
-"""Intensity conventions in one place: named CT windows and display scaling."""
+"""Intensity conventions in one place: named CT windows, display scaling, true-colour band choice,
+CT padding and CT detection, and the Normaliser."""
 
 from __future__ import annotations
+
+import re
+from typing import Sequence
 
 import numpy as np
 
@@ -38,6 +42,46 @@ def stretch(data: np.ndarray, valid: np.ndarray | None = None, lo: float = 2, hi
         a, b = np.percentile(vals, [lo, hi]) if vals.size else (0.0, 1.0)
         out[c] = np.clip((band - a) / max(b - a, 1e-12), 0, 1)
     return out
+
+
+# ---------------------------------------------------------------- true colour
+
+# (colour, centre wavelength nm, accepted range nm)
+RGB_WAVELENGTHS = (("red", 665.0, (620.0, 700.0)), ("green", 560.0, (530.0, 590.0)), ("blue", 490.0, (440.0, 520.0)))
+_BAND_NUMBER = {"red": "4", "green": "3", "blue": "2"}  # Sentinel-2 B04/B03/B02 and Landsat 8/9 B4/B3/B2
+
+
+def _name_matches(name: str, colour: str) -> bool:
+    n = name.strip().lower()
+    return n == colour or re.search(rf"(?:^|[^a-z0-9])b0?{_BAND_NUMBER[colour]}(?:$|[^a-z0-9])", n) is not None
+
+
+def true_colour_bands(infos: Sequence[dict]) -> tuple[tuple[int, int, int], str]:
+    """Which of the bands ``infos`` are red, green, blue, and why. Each info is a dict: ``name``,
+    ``colorinterp`` (GDAL's, lower case) and ``wavelength`` (centre, nm, or None); napari's
+    ``layers.band_info`` reads them from a band layer, reports pass names only (``report.rgb_bands``).
+
+    In order: centre wavelengths (red 620–700, green 530–590, blue 440–520 nm); band names
+    (Sentinel-2 B04/B03/B02, Landsat 8/9 B4/B3/B2 — also as suffixes like SR_B4 — or
+    red/green/blue); GDAL colour interpretation red/green/blue; else the first three bands.
+    Names come before the colour interpretation because GDAL marks any 3- or 4-band 8-bit
+    GeoTIFF red, green, blue(, alpha) whatever its bands are. Landsat 4–7 number their bands
+    differently (B3/B2/B1): give such files wavelengths or red/green/blue names.
+    """
+    picks = []
+    for colour, centre, (lo, hi) in RGB_WAVELENGTHS:
+        near = [(abs(i["wavelength"] - centre), k) for k, i in enumerate(infos)
+                if i["wavelength"] is not None and lo <= i["wavelength"] <= hi]
+        picks.append(min(near)[1] if near else None)
+    if None not in picks and len(set(picks)) == 3:
+        return tuple(picks), "band wavelengths"
+    for rule, test in (("band names", lambda i, c: _name_matches(i["name"], c)),
+                       ("colour interpretation", lambda i, c: i["colorinterp"] == c)):
+        picks = [next((k for k, i in enumerate(infos) if test(i, c)), None) for c, _, _ in RGB_WAVELENGTHS]
+        if None not in picks and len(set(picks)) == 3:
+            return tuple(picks), rule
+    n = len(infos)
+    return (0, min(1, n - 1), min(2, n - 1)), "first three bands" if n >= 3 else f"only {n} band(s)"
 
 
 # ---------------------------------------------------------------- CT padding

@@ -19,9 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .intensity import ct_window  # noqa: E402
-
-RGB_NAMES = (("B04", "B03", "B02"), ("red", "green", "blue"))
+from .intensity import ct_window, true_colour_bands  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -43,15 +41,10 @@ class Display:
 
 
 def rgb_bands(band_names, bands: list[int] | None = None) -> tuple[int, int, int]:
-    """A true-colour band triplet: given, or found by name (B04/B03/B02, red/green/blue), else 0,1,2."""
+    """A true-colour band triplet: given, or found by name (``true_colour_bands``), else 0,1,2."""
     if bands:
         return tuple(bands[:3]) if len(bands) >= 3 else (bands[0],) * 3
-    names = [str(n).lower() for n in band_names]
-    for triplet in RGB_NAMES:
-        if all(t.lower() in names for t in triplet):
-            return tuple(names.index(t.lower()) for t in triplet)
-    n = len(names)
-    return (0, min(1, n - 1), min(2, n - 1))
+    return true_colour_bands([{"name": str(n), "colorinterp": "", "wavelength": None} for n in band_names])[0]
 
 
 def display_for(ref: np.ndarray, kind: str, band_names=(), window: str | None = None,

@@ -7,7 +7,6 @@ georeferencing survive a trip through the viewer.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import replace
 from typing import Any, Sequence
@@ -16,7 +15,8 @@ import numpy as np
 
 from hires_domain import geometry
 from hires_domain.image import Image
-from hires_domain.intensity import CT_WINDOWS
+from hires_domain.intensity import CT_WINDOWS, true_colour_bands
+from hires_domain.tiling import valid_mask
 
 META = "hires"
 RGB = "rgb"
@@ -144,9 +144,7 @@ def band_label(image: Image, b: int) -> str:
 # --- true-colour composites and band sets (built from the layers' own data) -------------------
 
 # (colour, centre nm, accepted range nm): Sentinel-2 B02/B03/B04 492/560/665, Landsat 8 OLI 482/561/655
-RGB_WAVELENGTHS = (("red", 665.0, (620.0, 700.0)), ("green", 560.0, (530.0, 590.0)), ("blue", 490.0, (440.0, 520.0)))
 _WAVELENGTH_TAGS = ("wavelength", "central_wavelength_um", "central_wavelength_nm", "center_wavelength")
-_BAND_NUMBER = {"red": "4", "green": "3", "blue": "2"}  # Sentinel-2 B04/B03/B02 and Landsat 8/9 B4/B3/B2
 PER_BAND_META = ("scales", "offsets", "descriptions", "colorinterp", "units", "band_tags", "mask_flags")
 
 
@@ -178,44 +176,6 @@ def band_info(metadata: dict) -> dict:
             break
     return {"name": str(name), "colorinterp": str(_per_band(ref, "colorinterp", b, channels) or "").lower(),
             "wavelength": wavelength}
-
-
-def _name_matches(name: str, colour: str) -> bool:
-    n = name.strip().lower()
-    return n == colour or re.search(rf"(?:^|[^a-z0-9])b0?{_BAND_NUMBER[colour]}(?:$|[^a-z0-9])", n) is not None
-
-
-def true_colour_bands(infos: Sequence[dict]) -> tuple[tuple[int, int, int], str]:
-    """Which of the bands ``infos`` (``band_info``) are red, green, blue, and why.
-
-    In order: centre wavelengths (red 620–700, green 530–590, blue 440–520 nm); band names
-    (Sentinel-2 B04/B03/B02, Landsat 8/9 B4/B3/B2 — also as suffixes like SR_B4 — or
-    red/green/blue); GDAL colour interpretation red/green/blue; else the first three bands.
-    Names come before the colour interpretation because GDAL marks any 3- or 4-band 8-bit
-    GeoTIFF red, green, blue(, alpha) whatever its bands are. Landsat 4–7 number their bands
-    differently (B3/B2/B1): give such files wavelengths or red/green/blue names.
-    """
-    picks = []
-    for colour, centre, (lo, hi) in RGB_WAVELENGTHS:
-        near = [(abs(i["wavelength"] - centre), k) for k, i in enumerate(infos)
-                if i["wavelength"] is not None and lo <= i["wavelength"] <= hi]
-        picks.append(min(near)[1] if near else None)
-    if None not in picks and len(set(picks)) == 3:
-        return tuple(picks), "band wavelengths"
-    for rule, test in (("band names", lambda i, c: _name_matches(i["name"], c)),
-                       ("colour interpretation", lambda i, c: i["colorinterp"] == c)):
-        picks = [next((k for k, i in enumerate(infos) if test(i, c)), None) for c, _, _ in RGB_WAVELENGTHS]
-        if None not in picks and len(set(picks)) == 3:
-            return tuple(picks), rule
-    n = len(infos)
-    return (0, min(1, n - 1), min(2, n - 1)), "first three bands" if n >= 3 else f"only {n} band(s)"
-
-
-def _valid(data: np.ndarray, nodata) -> np.ndarray:
-    valid = np.isfinite(data)
-    if nodata is not None and np.isfinite(nodata):
-        valid &= data != nodata
-    return valid
 
 
 def stretch_to_uint8(band: np.ndarray, valid: np.ndarray, percent=STRETCH) -> tuple[np.ndarray, tuple[float, float]]:
@@ -250,7 +210,7 @@ def composite(members: Sequence[tuple[str, Any, dict]], name: str) -> tuple:
     infos = [band_info(m[2]) for m in members]
     picks, why = true_colour_bands(infos)
     arrays = [np.asarray(members[k][1], dtype=np.float32) for k in picks]
-    valid = np.logical_and.reduce([_valid(a, refs[k].nodata) for a, k in zip(arrays, picks)])
+    valid = np.logical_and.reduce([valid_mask(a[None], refs[k].nodata) for a, k in zip(arrays, picks)])
     channels = [stretch_to_uint8(a, valid)[0] for a in arrays]
     if not valid.all():
         channels.append(np.where(valid, 255, 0).astype(np.uint8))

@@ -18,6 +18,7 @@ from rasterio.transform import from_origin
 
 import hires_domain
 from hires_domain.errors import HiresError
+from hires_domain.intensity import true_colour_bands
 from hires_napari import layers, readers
 
 PLUGIN = "hires-domain"
@@ -121,12 +122,12 @@ def test_true_colour_rules_without_a_viewer():
         return {"name": name, "colorinterp": ci, "wavelength": wl}
 
     s2 = [info(n) for n in ("B01", "B02", "B03", "B04", "B05", "B8A", "B11", "B12")]
-    assert layers.true_colour_bands(s2) == ((3, 2, 1), "band names")
-    assert layers.true_colour_bands([info("Red edge"), info("Red"), info("Green"), info("Blue")]) \
+    assert true_colour_bands(s2) == ((3, 2, 1), "band names")
+    assert true_colour_bands([info("Red edge"), info("Red"), info("Green"), info("Blue")]) \
         == ((1, 2, 3), "band names")
-    assert layers.true_colour_bands([info("x", "red"), info("y", "green"), info("z", "blue")])[1] \
+    assert true_colour_bands([info("x", "red"), info("y", "green"), info("z", "blue")])[1] \
         == "colour interpretation"
-    assert layers.true_colour_bands([info("B12"), info("B11"), info("B1")]) == ((0, 1, 2), "first three bands")
+    assert true_colour_bands([info("B12"), info("B11"), info("B1")]) == ((0, 1, 2), "first three bands")
 
 
 # --- 2. the command: Layers > Visualize, the Enhance widget, no duplicates ------------------------
