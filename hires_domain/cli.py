@@ -87,6 +87,19 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             strength: Optional[float] = typer.Option(
                 None, help="x1 (denoising) models: 0-1, output = input + strength x (model - input) "
                            "[default: 1, the model's output]"),
+            steps: Optional[int] = typer.Option(None, help="diffusion models: sampler steps [default: the model's, 20]"),
+            seed: Optional[int] = typer.Option(None, help="diffusion models: noise seed [default: 0]"),
+            samples: Optional[int] = typer.Option(
+                None, help="diffusion models: samples drawn; the output is their mean [default: 1]"),
+            sampler: Optional[str] = typer.Option(None, help="diffusion models: dpm++ (DPM-Solver++) or ddim"),
+            consistency: Optional[str] = typer.Option(
+                None, help="diffusion models: enforce (area downsampling of the output equals the input), off, "
+                           "or auto (enforce for medical models) [default: auto]"),
+            sample_output: bool = typer.Option(
+                False, "--sample-output", help="diffusion models: write one sample instead of the mean"),
+            uncertainty: Optional[Path] = typer.Option(
+                None, help="diffusion models: also write the per-pixel standard deviation over the samples "
+                           "here (same format and geometry as the output)"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
@@ -94,19 +107,24 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
     if overlap is None:
         overlap = min(32, tile // 4)
     settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict,
-                        strength=1.0 if strength is None else strength)
+                        strength=1.0 if strength is None else strength, steps=steps, seed=seed, samples=samples,
+                        sampler=sampler, consistency=consistency, sample_output=sample_output,
+                        uncertainty=uncertainty is not None)
     if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
         raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
                          f"{model} runs at x{settings.scale}")
     s = _run_with_progress(
-        lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p),
-        quiet, f"{model} x{settings.scale}")
+        lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
+                               uncertainty=uncertainty),
+        quiet, f"{model} x{settings.scale}", unit="tiles" if settings.sampling is None else "steps")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
         shape = lambda t: "x".join(map(str, t))  # noqa: E731
         out.print(f"wrote {s.output}: {shape(s.in_shape)} -> {shape(s.out_shape)} "
                   f"({s.model} x{s.scale}, {s.device}, {s.seconds:.1f} s)")
+        if uncertainty is not None:
+            out.print(f"wrote {uncertainty}: per-pixel standard deviation over {settings.sampling.samples} sample(s)")
 
 
 @app.command()

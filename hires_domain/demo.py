@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
@@ -52,7 +53,7 @@ def run_demo(out_dir: Path, device: str = "auto", quiet: bool = False, console=N
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for label, sample, name, settings in JOBS:
-        settings = Settings(**{**settings.__dict__, "device": device})
+        settings = dataclasses.replace(settings, device=device)
         src, dst = Path(str(SAMPLES / sample)), out_dir / name
 
         def job(progress, src=src, dst=dst, settings=settings):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import shutil
 import time
 import warnings
@@ -18,6 +21,7 @@ from .image import Image
 from .intensity import HU_PADDING_BELOW
 from .models import Model, get_model, resolve_scale
 from .models import domain as input_domain
+from .models.ldm import is_diffusion, sampling_for
 
 Progress = Callable[[int, int], None]
 GIB = 1024**3
@@ -37,15 +41,46 @@ class Settings:
     device: str = "auto"
     strict: bool = False  # refuse inputs unlike the model's training inputs (check_domain)
     strength: float = 1.0  # x1 (denoising) models: output = input + strength * (model - input)
+    # diffusion models only (None: the model's default; ldm.Sampling checks the values)
+    steps: int | None = None
+    seed: int | None = None
+    samples: int | None = None
+    sampler: str | None = None
+    consistency: str | None = None  # auto | enforce | off
+    sample_output: bool = False  # one sample instead of the mean of the samples
+    uncertainty: bool = False  # also produce the per-pixel std over the samples
 
     def __post_init__(self):
         object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
         object.__setattr__(self, "strength", check_strength(self.strength, self.model, self.scale))
+        object.__setattr__(self, "sampling", check_sampling(self))
 
     def describe(self) -> str:
         strength = f" strength={self.strength:g}" if self.scale == 1 else ""
+        d = self.sampling
+        diffusion = "" if d is None else (
+            f" steps={d.steps} seed={d.seed} samples={d.samples} sampler={d.sampler} consistency={d.consistency}"
+            f"{' output=sample' if d.sample_output else ''}")
         return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
-                f"tile={self.tile} overlap={self.overlap}{strength}")
+                f"tile={self.tile} overlap={self.overlap}{strength}{diffusion}")
+
+
+DIFFUSION_ONLY = ("steps", "seed", "samples", "sampler", "consistency")
+
+
+def check_sampling(s: Settings):
+    """The diffusion model's ``ldm.Sampling`` for these settings (None for other models, which
+    refuse every diffusion choice with one line)."""
+    model = get_model(s.model)
+    given = [k for k in DIFFUSION_ONLY if getattr(s, k) is not None]
+    given += [k.replace("_", "-") for k in ("sample_output", "uncertainty") if getattr(s, k)]
+    if not is_diffusion(model):
+        if given:
+            raise HiresError(f"{', '.join(given)} apply to diffusion models only; '{s.model}' is a "
+                             f"{model.info.family} model")
+        return None
+    return sampling_for(model, **{k: getattr(s, k) for k in DIFFUSION_ONLY},
+                        sample_output=s.sample_output, uncertainty=s.uncertainty)
 
 
 def check_strength(strength, model: str, scale: int) -> float:
@@ -106,16 +141,19 @@ def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> 
         halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))
 
     floor = HU_PADDING_BELOW if image.units == "HU" else None
+    if s.sampling is not None:
+        model.with_sampling(s.sampling)
 
-    def predict(x):
+    def predict(x, origins=None):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
-        y = model.predict(flat, s.scale)
+        y = model.predict(flat, s.scale) if origins is None else model.predict_at(flat, s.scale, origins)
         if floor is not None:  # CT output below -1024 HU would read back as padding
-            y = y.clamp_min(floor)
+            y[:, :image.channels] = y[:, :image.channels].clamp_min(floor)
         if s.strength != 1.0:  # x1 only (Settings): a blend per tile, before the (linear) tile blending;
             y = flat + s.strength * (y - flat)  # invalid pixels are written as nodata by the sink anyway
-        return y.reshape(*x.shape[:2], *(1,) * lead, *y.shape[-2:])
+        return y.reshape(x.shape[0], y.shape[1], *(1,) * lead, *y.shape[-2:])
 
+    predict.wants_origin = s.sampling is not None  # diffusion: noise is keyed by global position
     return spec, predict
 
 
@@ -169,11 +207,20 @@ def check_domain(image: Image, model: Model, strict: bool = False) -> str | None
     return note
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings) -> Iterator[tuple[int, int]]:
-    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total). The caller runs
-    the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari)."""
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings,
+                 on_step: Progress | None = None) -> Iterator[tuple[int, int]]:
+    """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total) tiles. The caller
+    runs the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari).
+
+    Diffusion models: ``sink`` receives the output channels followed, with ``s.uncertainty``, by
+    the per-pixel standard deviation (``tiling.SplitSink`` separates them); ``on_step(done,
+    total)`` counts denoising steps over all tiles, and raising in it stops within one step."""
     model = get_model(s.model)
     spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
+    if s.sampling is not None and on_step is not None:
+        total = len(tiling.TilePlan(tuple(image.spatial_shape), spec).tiles()) * s.sampling.steps
+        done = itertools.count(1)
+        model.on_step = lambda step, steps: on_step(next(done), total)
     device = tiling.resolve_device(s.device)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
     yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
@@ -187,46 +234,77 @@ def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
 
 def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int = 256, overlap: int = 32,
             batch_size: int = 4, device: str = "auto", progress: Progress | None = None, strict: bool = False,
-            strength: float = 1.0) -> Image:
+            strength: float = 1.0, **diffusion):
     """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept.
     ``scale=None``: the model's own scale (its only one; 2 for the baselines).
 
     An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
     with ``strict`` a HiresError. ``strength`` (x1 models, 0..1): output = input + strength ×
-    (model − input); 1 is the model's own output."""
-    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength)
+    (model − input); 1 is the model's own output. Diffusion models take ``steps``, ``seed``,
+    ``samples``, ``sampler``, ``consistency``, ``sample_output`` and ``uncertainty`` (see
+    ``Settings``); with ``uncertainty=True`` the result is ``(image, std_image)``, the second
+    the per-pixel standard deviation over the samples on the same grid."""
+    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength, **diffusion)
     m = get_model(model)
     m.check(s.scale, image.channels, domain_of(image))
     check_domain(image, m, strict)
-    return _enhance_checked(image, s, progress)
+    result, std = _enhance_checked(image, s, progress)
+    return (result, std) if s.uncertainty else result
 
 
-def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> Image:
-    """``enhance`` after the model and domain checks."""
+def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> tuple[Image, Image | None]:
+    """``enhance`` after the model and domain checks: the result and, with ``s.uncertainty``,
+    the uncertainty image."""
     out = check_size(image, s.scale)
     fill = np.nan if image.nodata is None else image.nodata
     sink = tiling.ArraySink((image.channels, *out), fill=fill)
-    _drain(iter_enhance(image, sink, s), progress)
-    return image.with_data(sink.array, factors=inplane_factors(image, s.scale),
-                           meta={**image.meta, "provenance": s.describe()})
+    extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
+    target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
+    _drain(iter_enhance(image, target, s, on_step=progress if s.sampling is not None else None),
+           None if s.sampling is not None else progress)
+    factors = inplane_factors(image, s.scale)
+    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": s.describe()})
+    if extra is None:
+        return result, None
+    std = image.with_data(extra.array, factors=factors,
+                          meta={**image.meta, "provenance": uncertainty_description(s), "nodata": None})
+    std.nodata = None
+    return result, std
+
+
+def uncertainty_description(s: Settings) -> str:
+    return f"{s.describe()} output=uncertainty (per-pixel standard deviation over {s.sampling.samples} sample(s))"
 
 
 def enhance_file(src, dst, settings: Settings = Settings(), series: str | None = None,
-                 overwrite: bool = False, cog: bool = False, progress: Progress | None = None) -> Summary:
-    """Read ``src``, enhance, write ``dst`` atomically; rasters stream window by window."""
+                 overwrite: bool = False, cog: bool = False, progress: Progress | None = None,
+                 uncertainty=None) -> Summary:
+    """Read ``src``, enhance, write ``dst`` atomically; rasters stream window by window.
+    ``uncertainty`` (diffusion models): also write the per-pixel standard deviation over the
+    samples there, with the output's geometry and format (GeoTIFF, NIfTI or DICOM series).
+    Diffusion runs report ``progress`` in denoising steps over all tiles."""
     src, dst = Path(src), Path(dst)
+    if uncertainty is not None:
+        settings = dataclasses.replace(settings, uncertainty=True)
     image = io.read(src, series=series)
     try:
-        return _enhance_image_to(image, src, dst, settings, overwrite, cog, progress)
+        return _enhance_image_to(image, src, dst, settings, overwrite, cog, progress,
+                                 None if uncertainty is None else Path(uncertainty))
     finally:
         if hasattr(image.data, "close"):
             image.data.close()
 
 
 def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, overwrite: bool, cog: bool,
-                      progress: Progress | None) -> Summary:
+                      progress: Progress | None, unc: Path | None = None) -> Summary:
     kind = io.output_kind(image, dst)
     io.check_output(dst, overwrite, src=src)
+    if unc is not None:
+        if io.output_kind(image, unc) != kind:
+            raise HiresError(f"--uncertainty {unc}: write it in the output's format ({kind})")
+        io.check_output(unc, overwrite, src=src)
+        if unc.resolve() == dst.resolve():
+            raise HiresError(f"--uncertainty {unc} is the output path: choose another")
     if cog and kind != "raster":
         raise HiresError("--cog applies to GeoTIFF output only")
     model = get_model(settings.model)
@@ -235,22 +313,38 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
     device = tiling.resolve_device(settings.device)
     start = time.perf_counter()
     clipped = 0
+    diffusion = settings.sampling is not None
+    steps, tiles = (progress, None) if diffusion else (None, progress)
     if kind == "raster":
         from .io.raster import RasterSink
 
         out = check_size(image, settings.scale, streamed_to=dst)
         affine = geometry.upscaled_affine(image.affine, inplane_factors(image, settings.scale))
-        with io.atomic_output(dst) as tmp:
+        shape, block = (image.channels, *out), output_block(settings.scale)
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(io.atomic_output(dst))
             meta = {**image.meta, "nodata": image.nodata}
-            with RasterSink(tmp, (image.channels, *out), affine, meta, crs=image.crs,
-                            provenance=settings.describe(), cog=cog, block=output_block(settings.scale)) as sink:
-                _drain(iter_enhance(image, sink, settings), progress)
-            clipped = sink.clipped
+            sink = stack.enter_context(RasterSink(tmp, shape, affine, meta, crs=image.crs,
+                                                  provenance=settings.describe(), cog=cog, block=block))
+            target = sink
+            if unc is not None:
+                unc_tmp = stack.enter_context(io.atomic_output(unc))
+                unc_meta = {**image.meta, "nodata": None, "dtype": "float32"}
+                extra = stack.enter_context(RasterSink(unc_tmp, shape, affine, unc_meta, crs=image.crs,
+                                                       provenance=uncertainty_description(settings), cog=cog,
+                                                       block=block))
+                target = tiling.SplitSink(sink, extra, image.channels)
+            _drain(iter_enhance(image, target, settings, on_step=steps), tiles)
+        clipped = sink.clipped
     else:
-        result = _enhance_checked(image, settings, progress)
+        result, std = _enhance_checked(image, settings, progress)
         out = result.spatial_shape
-        with io.atomic_output(dst, is_dir=kind == "dicom") as tmp:
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(io.atomic_output(dst, is_dir=kind == "dicom"))
             io.write_to(result, tmp, kind, description=settings.describe())
+            if unc is not None:
+                unc_tmp = stack.enter_context(io.atomic_output(unc, is_dir=kind == "dicom"))
+                io.write_to(std, unc_tmp, kind, description=uncertainty_description(settings))
     return Summary(str(src), str(dst), settings.model, settings.scale, image.shape,
                    (image.channels, *out), time.perf_counter() - start, str(device), clipped,
                    notes=[note] if note else [])

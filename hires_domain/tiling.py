@@ -175,6 +175,23 @@ class ArraySink:
         self.coverage.check()
 
 
+class SplitSink:
+    """Sends the first ``channels`` output channels to ``main`` and the rest to ``extra`` (a
+    diffusion model's output followed by its uncertainty)."""
+
+    def __init__(self, main: Sink, extra: Sink, channels: int):
+        self.main, self.extra, self.channels = main, extra, channels
+        self.block = getattr(main, "block", None)
+
+    def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
+        self.main.write(region, data[:self.channels], valid)
+        self.extra.write(region, data[self.channels:], valid)
+
+    def finish(self) -> None:
+        self.main.finish()
+        self.extra.finish()
+
+
 def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
     """Pixels where every band is finite and differs from ``nodata``."""
     ok = np.all(np.isfinite(data), axis=0)
@@ -288,6 +305,21 @@ class TilePlan:
             for a, i, h, n in zip(self.axes, tile, self.spec.halo, self.shape)
         )
 
+    def core_regions(self, tile: tuple[int, ...]) -> tuple[Region, Region]:
+        """The tile's own output pixels (halo cropped): as a region of the output, and as a region
+        of its prediction (which covers the read window)."""
+        read = self.read_region(tile)
+        core, local = [], []
+        for a, i, r, k in zip(self.axes, tile, read, self.spec.scale):
+            s, n = a.starts[i] * k, a.extent(i) * k
+            core.append(slice(s, s + n))
+            local.append(slice(s - r.start * k, s - r.start * k + n))
+        return tuple(core), tuple(local)
+
+    def tile_weights(self, tile: tuple[int, ...]) -> np.ndarray:
+        """Blending weights of a tile over its own output pixels."""
+        return _outer([a.weights(i) for a, i in zip(self.axes, tile)])
+
     def cell_region(self, cell: tuple[int, ...]) -> Region:
         return tuple(slice(int(a.breaks[c]), int(a.breaks[c + 1])) for a, c in zip(self.axes, cell))
 
@@ -348,7 +380,8 @@ def iter_tiled(
     """Run ``predict`` over ``source`` tile by tile into ``sink``; yields (done, total) tiles.
 
     ``predict`` maps a float32 tensor ``(B, C, *tile)`` on ``device`` to
-    ``(B, C_out, *tile·scale)``. Being a generator, the caller can stop between batches
+    ``(B, C_out, *tile·scale)``; one with ``wants_origin = True`` also gets each read window's
+    global start (a list of tuples), for models whose output depends on position (diffusion noise). Being a generator, the caller can stop between batches
     (the napari worker cancels this way). After the last tile ``sink.finish()`` checks that
     every output pixel was written exactly once.
     """
@@ -366,7 +399,11 @@ def iter_tiled(
             valids.append(valid)
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(inputs)).to(device)
-            y = predict(x).float().cpu().numpy()
+            if getattr(predict, "wants_origin", False):
+                y = predict(x, [tuple(r.start for r in plan.read_region(t)) for t in batch])
+            else:
+                y = predict(x)
+            y = y.float().cpu().numpy()
         for t, pred, valid in zip(batch, y, valids):
             _blend_tile(plan, t, pred, valid, cells, remaining, sink)
         done += len(batch)
@@ -389,17 +426,15 @@ def _batches(plan: TilePlan, tiles, batch_size: int):
 def _blend_tile(plan, t, pred, valid, cells, remaining, sink) -> None:
     read = plan.read_region(t)
     k = plan.spec.scale
-    # crop the halo away (output coordinates relative to the read window)
+    out_region, local = plan.core_regions(t)  # crop the halo away
+    core = pred[(slice(None), *local)]
     starts = [a.starts[i] for a, i in zip(plan.axes, t)]
-    off = [(s - r.start) * kk for s, r, kk in zip(starts, read, k)]
     extents = [a.extent(i) for a, i in zip(plan.axes, t)]
-    size = [e * kk for e, kk in zip(extents, k)]
-    core = pred[(slice(None), *(slice(o, o + n) for o, n in zip(off, size)))]
     vcore = valid[tuple(slice(s - r.start, s - r.start + e) for s, r, e in zip(starts, read, extents))]
     for d, kk in enumerate(k):  # output pixel valid iff the input pixel under its centre is
         vcore = np.repeat(vcore, kk, axis=d)
-    w = _outer([a.weights(i) for a, i in zip(plan.axes, t)])
-    origin = [s * kk for s, kk in zip(starts, k)]
+    w = plan.tile_weights(t)
+    origin = [r.start for r in out_region]
     for cell in itertools.product(*(a.cells(i) for a, i in zip(plan.axes, t))):
         region = plan.cell_region(cell)
         local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))

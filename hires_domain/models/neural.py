@@ -67,7 +67,7 @@ def save_model(directory, name: str, generator, normaliser: Normaliser, domain: 
     return st, js
 
 
-def _read_json(path: Path) -> dict:
+def read_model_json(path: Path) -> dict:
     try:
         meta = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -82,7 +82,7 @@ class NeuralModel(Model):
 
     def __init__(self, json_path, meta: dict | None = None):
         self.path = Path(json_path)
-        self.meta = meta or _read_json(self.path)
+        self.meta = meta or read_model_json(self.path)
         m = self.meta
         self.info = ModelInfo(m["name"], m.get("summary", ""), m.get("family", "srgan"), (m["domain"],),
                               (int(m["scale"]),), len(m["bands"]), int(m["halo"]), m.get("card", ""))
@@ -120,8 +120,18 @@ class NeuralModel(Model):
         return self.normaliser.inverse(y).to(x.dtype)
 
 
+def _model_class(meta: dict) -> type:
+    if meta.get("family") == "diffusion":
+        from .ldm import DiffusionModel
+
+        return DiffusionModel
+    return NeuralModel
+
+
 def load_model(json_path) -> NeuralModel:
-    return NeuralModel(json_path)
+    """A trained model (SRGAN generator or latent diffusion) from its JSON."""
+    meta = read_model_json(json_path)
+    return _model_class(meta)(json_path, meta)
 
 
 def model_dirs() -> list[Path]:
@@ -135,10 +145,10 @@ def register_dir(directory) -> list[str]:
     names = []
     for js in sorted(Path(directory).glob("*.json")):
         try:
-            meta = _read_json(js)
+            meta = read_model_json(js)
         except HiresError:
             continue
-        register(meta["name"], lambda js=js, meta=meta: NeuralModel(js, meta))
+        register(meta["name"], lambda js=js, meta=meta: _model_class(meta)(js, meta))
         names.append(meta["name"])
     return names
 

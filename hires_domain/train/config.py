@@ -126,11 +126,17 @@ def parse_config(data: dict, where: str = "config", base: Path = Path(".")) -> T
     return cfg
 
 
-def load_config(path) -> TrainConfig:
-    """Read, validate and check a config against its dataset (exists, scale supported)."""
+def load_config(path):
+    """Read, validate and check a config against its dataset (exists, scale supported); a config
+    with a ``stage`` key is a latent-diffusion stage (``ldm_config.LdmConfig``)."""
     path = Path(path)
     where = f"config {path}"
-    cfg = parse_config(read_mapping(path, where), where, path.resolve().parent)
+    data = read_mapping(path, where)
+    if isinstance(data, dict) and "stage" in data:
+        from .ldm_config import parse_ldm_config
+
+        return parse_ldm_config(data, where, path.resolve().parent)
+    cfg = parse_config(data, where, path.resolve().parent)
     check_dataset(cfg, where)
     return cfg
 

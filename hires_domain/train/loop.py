@@ -45,6 +45,7 @@ from ..models.neural import save_model
 from ..tiling import resolve_device
 from .config import TrainConfig, check_dataset, load_config
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
+from .ldm_config import LdmConfig
 
 log = logging.getLogger("hires_domain.train")
 
@@ -357,23 +358,23 @@ class Trainer:
 
 
 class CsvLog:
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, fields: list[str] = CSV_FIELDS):
+        self.path, self.fields = path, fields
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if resume_step is not None and path.is_file():  # drop rows written after the checkpoint
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
+            w = csv.DictWriter(f, self.fields)
             w.writeheader()
             w.writerows(rows)
 
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore").writerow(
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(
                 {k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
-                 for k in CSV_FIELDS})
+                 for k in self.fields})
 
 
 # ---------------------------------------------------------------- entry point
@@ -388,8 +389,12 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
     shipped-model files to write from the final EMA generator into ``export_dir`` (default the
     config's ``export`` section). ``stop_at``: stop (with a checkpoint) after this step.
     """
-    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    cfg = config if isinstance(config, (TrainConfig, LdmConfig)) else load_config(config)
     say = say or (lambda m: log.info(m))
+    if isinstance(cfg, LdmConfig):  # the latent-diffusion stages (train/ldm_loop.py)
+        from .ldm_loop import train_ldm
+
+        return train_ldm(cfg, resume, device, progress, export, export_dir, stop_at, say)
     tr = Trainer(cfg, device, say)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
