@@ -57,3 +57,40 @@ def fails(capsys, *args, match=""):
     assert "Traceback" not in errtext
     assert match.lower() in lines[0].lower(), lines[0]
     return lines[0]
+
+
+def make_ldm(directory: Path, name: str = "t-ldm", bands: int = 4, scale: int = 4, domain: str = "raster",
+             channels=(16, 32), seed: int = 0, **defaults) -> Path:
+    """A small latent-diffusion model with random weights (bicubic first stage, pixel-unshuffle
+    latent) in the shipped format, registered under ``name``; returns its JSON path. Random
+    weights are enough to test the sampler, the tiling and the I/O; training is tested apart."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hires_domain.intensity import Normaliser
+    from hires_domain.models.ldm import diffusion_json
+    from hires_domain.models.ldm_nets import Denoiser
+    from hires_domain.models.neural import register_dir
+
+    torch.manual_seed(seed)
+    lc = bands * scale * scale
+    net = Denoiser(lc, bands + lc, tuple(channels))
+    norm = (Normaliser("hu", bands=["HU"]) if domain == "medical"
+            else Normaliser("reflectance", [1e-4] * bands, [0.0] * bands, bands=[f"B{i + 1}" for i in range(bands)]))
+    d = {"steps": 4, "sampler": "dpm++", "tile": 64, "overlap": 16, "halo": 16, "level": 0.0,
+         "consistency": "enforce" if domain == "medical" else "off", **defaults}
+    diffusion = {"codec": {"kind": "pixel-unshuffle", "bands": bands, "scale": scale}, "denoiser": net.hparams(),
+                 "first_stage": {"kind": "bicubic"},
+                 "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                               "prediction_type": "v_prediction"},
+                 "latent_scale": 0.01 if domain == "raster" else 0.02, "max_level": 0.01, "defaults": d}
+    meta = diffusion_json(name, norm, domain, norm.bands, scale, diffusion, d["halo"] + d["overlap"])
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({f"denoiser.{k}": v.contiguous() for k, v in net.state_dict().items()},
+              str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(meta))
+    register_dir(directory)
+    return directory / f"{name}.json"

@@ -150,6 +150,28 @@ class LdmTrainer:
         self.sampler.set_state(state)
         return float(torch.cat(values).std().clamp_min(1e-6))
 
+    @torch.no_grad()
+    def probe_loss(self, batches: int = 4) -> float:
+        """The training loss of the current network on fixed batches with fixed noise and
+        timesteps (the same every call): how far training has come, without sampling noise."""
+        state, rng = copy.deepcopy(self.sampler.state()), torch.get_rng_state()
+        self.sampler.set_state(np.random.default_rng(self.cfg.seed + 1).bit_generator.state)
+        torch.manual_seed(self.cfg.seed + 1)
+        was = self.net.training
+        self.net.eval()
+        values = []
+        for _ in range(batches):
+            b = self.sampler.batch(self.cfg.train.batch_size, self.device)
+            if self.cfg.stage == "vae":
+                hr = b["hr"]
+                values.append(float(L.l1_loss(self.net.decode(self.net.encode(hr)), hr, b["valid"])))
+            else:
+                values.append(float(self._ldm_loss(b)["loss"]))
+        self.net.train(was)
+        self.sampler.set_state(state)
+        torch.set_rng_state(rng)
+        return float(np.mean(values))
+
     # -- steps
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
@@ -346,6 +368,7 @@ def train_ldm(cfg: LdmConfig, resume=None, device: str = "auto", progress: Optio
     total, t = cfg.total_steps, cfg.train
     end = min(total, stop_at) if stop_at is not None else total
     base = tr.validate(base=True)
+    probe_initial = tr.probe_loss()
     start = time.perf_counter() - tr.elapsed
     first_loss, val = None, {}
     if progress:
@@ -367,7 +390,8 @@ def train_ldm(cfg: LdmConfig, resume=None, device: str = "auto", progress: Optio
             progress(s, total)
     summary = {"name": cfg.name, "stage": cfg.stage, "steps": tr.step, "total_steps": total,
                "finished": tr.step >= total, "seconds": round(tr.elapsed, 2), "device": str(tr.device),
-               "resumed_from": resumed_from, "first_loss": first_loss, "val_base": base, "val": val,
+               "resumed_from": resumed_from, "first_loss": first_loss, "probe_loss_initial": probe_initial,
+               "probe_loss_final": tr.probe_loss(), "val_base": base, "val": val,
                "metric_range": tr.metric_range, "dataset": str(cfg.dataset_dir), "dataset_name": tr.manifest["name"],
                "seed": cfg.seed}
     if summary["finished"]:
