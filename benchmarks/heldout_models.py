@@ -84,6 +84,85 @@ def sr_rows(dataset: Path, manifest: dict, model: str) -> dict:
     return rows
 
 
+def _blocks(a: np.ndarray, b: int = 16) -> np.ndarray:
+    """(C, H, W) → per b×b block means (NaN-aware), pooled over bands: (H//b · W//b,)."""
+    c, h, w = a.shape
+    a = a[:, :h // b * b, :w // b * b].reshape(c, h // b, b, w // b, b)
+    return np.nanmean(a, axis=(0, 2, 4)).ravel()
+
+
+def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limit: int | None) -> dict:
+    """A diffusion model's sample mean (``samples`` draws) and one sample against bicubic and
+    its first stage (the SRGAN model it was trained on), both degradations; plus the
+    high-frequency energy ratio, consistency with and without enforcement, and the Spearman
+    correlation between the per-16×16-block mean uncertainty and the block RMSE of the mean."""
+    from scipy.stats import spearmanr
+
+    from hires_domain.models import get_model
+
+    info = get_model(model)
+    first = info.diffusion["first_stage"].get("from")
+    scale = manifest["scale"]
+    raster = manifest["domain"] == "satellite"
+    to_metric = (lambda a: a * np.asarray(manifest["normalisation"]["reflectance_scale"])[:, None, None]) if raster \
+        else (lambda a: np.clip(a[:, 0] if a.ndim == 4 else a, -1024, 3071))
+    results: dict = {}
+    pairs: dict = {}
+    for i, (rec, z) in enumerate(items(dataset, "val")):
+        if limit and i >= limit:
+            break
+        hr = as_image(z["hr"], manifest, z["valid"])
+        lrs = {"area": block_mean(np.nan_to_num(z["hr"]), (scale, scale)), "recipe": z["lr"]}
+        for how, lr_arr in lrs.items():
+            lr = as_image(lr_arr, manifest, coarser=scale)
+            preds = {m: hd.enhance(lr, model=m, scale=scale, device="cpu") for m in ("bicubic", first) if m}
+            mean, std = hd.enhance(lr, model=model, device="cpu", samples=samples, uncertainty=True)
+            preds[f"{model} mean of {samples}"] = mean
+            preds[f"{model} one sample"] = hd.enhance(lr, model=model, device="cpu", samples=1)
+            other = "off" if info.enforce else "enforce"
+            preds[f"{model} mean of {samples}, consistency {other}"] = hd.enhance(
+                lr, model=model, device="cpu", samples=samples, consistency=other)
+            for method, pred in preds.items():
+                m = evaluate_pair(pred, hr, lr)["metrics"]
+                vals = {k: m[k]["value"] for k in ("psnr", "ssim", "sam", "consistency_psnr") if k in m}
+                vals["hf_energy_ratio"] = hd.metrics.hf_energy_ratio(
+                    np.asarray(pred.data, np.float64).reshape(z["hr"].shape), z["hr"].astype(np.float64),
+                    z["valid"]).value
+                for k, v in vals.items():
+                    if v is not None:
+                        results.setdefault((how, method, "default"), {}).setdefault(k, []).append(v)
+            err = (to_metric(np.asarray(mean.data).reshape(z["hr"].shape)) - to_metric(z["hr"])) ** 2
+            err = np.where(z["valid"], err, np.nan)
+            sd = np.where(z["valid"], to_metric(np.asarray(std.data).reshape(z["hr"].shape)), np.nan)
+            blocks = pairs.setdefault(how, ([], []))
+            blocks[0].append(_blocks(sd))
+            blocks[1].append(np.sqrt(_blocks(err)))
+    rows = {" | ".join(key): {k: float(np.mean(v)) for k, v in vals.items()} for key, vals in results.items()}
+    for how, (u, e) in pairs.items():
+        u, e = np.concatenate(u), np.concatenate(e)
+        ok = np.isfinite(u) & np.isfinite(e)
+        rows[f"{how} | uncertainty vs error (16x16 blocks, Spearman) | default"] = {
+            "spearman": float(spearmanr(u[ok], e[ok]).statistic), "blocks": int(ok.sum())}
+    return rows
+
+
+def seconds_256(model: str, manifest: dict) -> dict:
+    """Seconds for a 256 × 256 LR input at default settings (1 sample), after one warm-up."""
+    import time
+
+    c = len(manifest["bands"])
+    rng = np.random.default_rng(0)
+    if manifest["domain"] == "satellite":
+        arr = (rng.random((c, 256, 256)) * 2000 + 500).astype(np.float32)
+    else:
+        arr = (rng.random((c, 256, 256)) * 1000 - 500).astype(np.float32)
+    lr = as_image(arr, manifest)
+    hd.enhance(lr, model=model, device="cpu", steps=2)
+    start = time.perf_counter()
+    hd.enhance(lr, model=model, device="cpu")
+    return {"seconds_256_lr": time.perf_counter() - start}
+
+
 def _tune(method, train) -> float:
     """The strength of a classical denoiser that maximises mean PSNR (HU range) on train items."""
     grid = {"nlm": [20, 40, 80, 120, 160, 240, 320], "tv": [10, 40, 80, 160, 240, 320, 480]}[method]
@@ -127,9 +206,18 @@ def main() -> int:
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--model", required=True)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--samples", type=int, default=8, help="diffusion models: samples per mean (and uncertainty)")
+    ap.add_argument("--limit", type=int, help="diffusion models: only the first N val items")
     args = ap.parse_args()
     manifest = json.loads((args.dataset / "manifest.json").read_text())
-    rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
+    from hires_domain.models import get_model
+    from hires_domain.models.ldm import is_diffusion
+
+    if is_diffusion(get_model(args.model)):
+        rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit)
+        rows["timing | 256x256 LR, 1 sample, default steps | -"] = seconds_256(args.model, manifest)
+    else:
+        rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
     names = sorted({n for v in rows.values() for n in v})
     scans = any(key.count(" | ") == 3 for key in rows)  # CT SR: rows per reserved scan too
     print("| degradation | method | range | " + ("scan | " if scans else "") + " | ".join(names) + " |")
@@ -138,7 +226,8 @@ def main() -> int:
         label = key + (" | all slices" if scans and key.count(" | ") == 2 else "")
         print(f"| {label} | " + " | ".join(f"{vals[n]:.4f}" if n in vals else "" for n in names) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"dataset": str(args.dataset), "model": args.model, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"dataset": str(args.dataset), "model": args.model, "rows": rows,
+                                         "samples": args.samples, "limit": args.limit}, indent=2))
     return 0
 
 

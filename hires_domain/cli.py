@@ -95,6 +95,9 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             consistency: Optional[str] = typer.Option(
                 None, help="diffusion models: enforce (area downsampling of the output equals the input), off, "
                            "or auto (enforce for medical models) [default: auto]"),
+            temperature: Optional[float] = typer.Option(
+                None, help="diffusion models: scale of the initial noise, 0-1.5; below 1 samples lie nearer "
+                           "the mean (less texture) [default: the model's]"),
             sample_output: bool = typer.Option(
                 False, "--sample-output", help="diffusion models: write one sample instead of the mean"),
             uncertainty: Optional[Path] = typer.Option(
@@ -108,7 +111,8 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
         overlap = min(32, tile // 4)
     settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict,
                         strength=1.0 if strength is None else strength, steps=steps, seed=seed, samples=samples,
-                        sampler=sampler, consistency=consistency, sample_output=sample_output,
+                        sampler=sampler, consistency=consistency, temperature=temperature,
+                        sample_output=sample_output,
                         uncertainty=uncertainty is not None)
     if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
         raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "

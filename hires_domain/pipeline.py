@@ -47,6 +47,7 @@ class Settings:
     samples: int | None = None
     sampler: str | None = None
     consistency: str | None = None  # auto | enforce | off
+    temperature: float | None = None  # scale of the initial noise (below 1: samples nearer the mean)
     sample_output: bool = False  # one sample instead of the mean of the samples
     uncertainty: bool = False  # also produce the per-pixel std over the samples
 
@@ -60,12 +61,13 @@ class Settings:
         d = self.sampling
         diffusion = "" if d is None else (
             f" steps={d.steps} seed={d.seed} samples={d.samples} sampler={d.sampler} consistency={d.consistency}"
+            f"{'' if d.temperature is None else f' temperature={d.temperature:g}'}"
             f"{' output=sample' if d.sample_output else ''}")
         return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
                 f"tile={self.tile} overlap={self.overlap}{strength}{diffusion}")
 
 
-DIFFUSION_ONLY = ("steps", "seed", "samples", "sampler", "consistency")
+DIFFUSION_ONLY = ("steps", "seed", "samples", "sampler", "consistency", "temperature")
 
 
 def check_sampling(s: Settings):
@@ -76,7 +78,7 @@ def check_sampling(s: Settings):
     given += [k.replace("_", "-") for k in ("sample_output", "uncertainty") if getattr(s, k)]
     if not is_diffusion(model):
         if given:
-            raise HiresError(f"{', '.join(given)} apply to diffusion models only; '{s.model}' is a "
+            raise HiresError(f"diffusion-only option(s) given ({', '.join(given)}) but '{s.model}' is a "
                              f"{model.info.family} model")
         return None
     return sampling_for(model, **{k: getattr(s, k) for k in DIFFUSION_ONLY},

@@ -49,6 +49,7 @@ class Sampling:
     sample_output: bool = False  # output one sample (the first) instead of the mean
     uncertainty: bool = False  # append the per-pixel standard deviation over the samples
     level: float | None = None  # LR augmentation level 0..1 (None: the model's default)
+    temperature: float | None = None  # scale of the initial noise, 0..1.5 (None: the model's default)
 
     def __post_init__(self):
         for name in ("steps", "samples"):
@@ -61,6 +62,8 @@ class Sampling:
             raise HiresError(f"unknown sampler '{self.sampler}': use {' or '.join(SAMPLERS)}")
         if self.consistency not in CONSISTENCY:
             raise HiresError(f"consistency must be one of {', '.join(CONSISTENCY)}, got '{self.consistency}'")
+        if self.temperature is not None and not 0.0 <= float(self.temperature) <= 1.5:
+            raise HiresError(f"temperature must be from 0 to 1.5, got {self.temperature}")
         if self.level is not None and not 0.0 <= float(self.level) <= 1.0:
             raise HiresError(f"noise-augmentation level must be from 0 to 1, got {self.level}")
 
@@ -150,7 +153,8 @@ class DiffusionModel(NeuralModel):
         noise = torch.stack([noise_field(smp.seed, k, origin[-2:], tuple(lr_pad.shape[-2:]), denoiser.latent_channels,
                                          origin[:-2]) for k in range(smp.samples)]).to(x.device)
         scheduler = make_scheduler(d["scheduler"], smp.sampler, smp.steps)
-        r = denoise_jointly(denoiser, noise * scheduler.init_noise_sigma, cond, scheduler, level,
+        tau = float(self.defaults.get("temperature", 1.0) if smp.temperature is None else smp.temperature)
+        r = denoise_jointly(denoiser, noise * (tau * scheduler.init_noise_sigma), cond, scheduler, level,
                             int(self.defaults.get("tile", 256)), int(self.defaults.get("overlap", 32)),
                             int(self.defaults.get("halo", 16)), self.on_step)
         y = codec.decode(z_mean + float(d["latent_scale"]) * r)[..., :h * s, :w * s]

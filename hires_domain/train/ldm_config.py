@@ -53,6 +53,7 @@ class SamplingCfg(_Strict):
     halo: int = Field(16, ge=0)
     level: float = Field(0.0, ge=0, le=1)
     consistency: Literal["enforce", "off"] = "off"  # what 'auto' means for this model
+    temperature: Optional[float] = Field(None, ge=0, le=1.5)  # None: calibrated on training items at export
 
 
 class LdmValCfg(ValCfg):

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,7 +31,6 @@ from ..models import domain as input_domain
 from ..models import losses as L
 from ..models.ldm import DiffusionModel, Sampling, diffusion_json
 from ..models.ldm_nets import KLCodec, UnshuffleCodec, build_codec, build_denoiser
-from ..models.ldm_sampling import make_scheduler
 from ..models.neural import NeuralModel, read_model_json
 from ..tiling import resolve_device
 from .config import read_manifest
@@ -71,6 +71,34 @@ def load_codec(json_path) -> KLCodec:
     return codec.eval()
 
 
+TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@torch.no_grad()
+def calibrate_temperature(model: DiffusionModel, items, grid=TEMPERATURES) -> tuple[float, dict]:
+    """The noise temperature whose single samples have the reference's high-frequency energy:
+    for each value, one sample per item (``train.dataset.Sample``, physical units); the
+    geometric mean of ``metrics.hf_energy_ratio`` over items; the value closest to 1 wins.
+    Run on training items, never on the held-out split."""
+    from ..metrics import hf_energy_ratio
+
+    base = model.sampling
+    table = {}
+    for tau in grid:
+        model.with_sampling(replace(base, samples=1, temperature=tau, uncertainty=False, sample_output=False))
+        ratios = []
+        for i, s in enumerate(items):
+            model.with_sampling(replace(model.sampling, seed=i))
+            y = model.predict(torch.from_numpy(s.lr)[None], model.info.scales[0])[0].double().numpy()
+            r = hf_energy_ratio(y, s.hr.astype(np.float64), s.valid).value
+            if r is not None and r > 0:
+                ratios.append(r)
+        table[tau] = float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+    model.with_sampling(base)
+    best = min(table, key=lambda t: abs(math.log(table[t])) if table[t] > 0 else math.inf)
+    return best, table
+
+
 class LdmTrainer:
     def __init__(self, cfg: LdmConfig, device: str = "auto", say: Callable[[str], None] | None = None):
         self.cfg, self.say = cfg, say or (lambda m: None)
@@ -90,6 +118,8 @@ class LdmTrainer:
         v = cfg.validation
         self.val = [centre_crop(s, self.scale, v.max_side)
                     for s in load_split(cfg.dataset_dir, self.manifest, "val", v.max_items)]
+        self.probe = [centre_crop(s, self.scale, v.max_side) for s in items[::max(1, len(items) // 16)][:16]]
+        self.temperature, self.calibration = cfg.sampling.temperature, None
         self.first, self.first_meta = None, {"kind": "bicubic"}
         if cfg.stage == "vae":
             k = cfg.codec
@@ -244,7 +274,8 @@ class LdmTrainer:
                      "scheduler": self.sched_cfg, "latent_scale": self.latent_scale,
                      "max_level": self.cfg.diffusion.max_level,
                      "defaults": {"steps": s.steps, "sampler": s.sampler, "tile": s.tile, "overlap": s.overlap,
-                                  "halo": s.halo, "level": s.level, "consistency": s.consistency}}
+                                  "halo": s.halo, "level": s.level, "consistency": s.consistency,
+                                  "temperature": 1.0 if self.temperature is None else self.temperature}}
         meta = diffusion_json(name or self.cfg.name, self.norm, self.domain, self.bands, self.scale, diffusion,
                               halo, summary, card, training)
         tensors = {f"denoiser.{k}": v for k, v in self.ema.state_dict().items()}
@@ -394,10 +425,19 @@ def train_ldm(cfg: LdmConfig, resume=None, device: str = "auto", progress: Optio
                "probe_loss_final": tr.probe_loss(), "val_base": base, "val": val,
                "metric_range": tr.metric_range, "dataset": str(cfg.dataset_dir), "dataset_name": tr.manifest["name"],
                "seed": cfg.seed}
+    if summary["finished"] and cfg.stage == "ldm" and tr.temperature is None:
+        s = cfg.sampling
+        model = tr.sampling_model(Sampling(steps=s.steps, sampler=s.sampler, consistency=s.consistency))
+        tr.temperature, tr.calibration = calibrate_temperature(model, tr.probe)
+        summary["temperature"] = {"chosen": tr.temperature, "hf_energy_ratio_on_train_items": tr.calibration}
+        say(f"temperature {tr.temperature} (single-sample HF energy ratio on training items: "
+            f"{tr.calibration[tr.temperature]:.3f})")
     if summary["finished"]:
         training = {k: summary[k] for k in ("stage", "steps", "seconds", "device", "val_base", "val", "dataset_name",
                                             "seed")}
         training["config"] = cfg.model_dump(mode="json")
+        if "temperature" in summary:
+            training["temperature"] = summary["temperature"]
         ex = cfg.export
         name = export or (ex.name if ex else cfg.name)
         targets = [out / "final"]

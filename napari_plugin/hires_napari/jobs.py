@@ -13,7 +13,12 @@ plain pytest.
   once, for models that take every band (``s2-sr-x4``).
 - ``run`` (worker thread): a generator over ``pipeline.iter_enhance`` into a ``tiling.ArraySink``
   that yields ``(done, total)`` per batch of tiles (one tile per batch by default, so a cancel
-  between yields stops within one tile) and returns an ``Outcome``.
+  between yields stops within one tile) and returns an ``Outcome``. Diffusion models yield
+  ``(done, total)`` denoising steps over all tiles instead (total = tiles × steps) and stop
+  within one step once the ``cancel`` event is set; with ``Settings.uncertainty`` the Outcome
+  also holds the per-pixel standard deviation over the samples (``uncertainty_layers``).
+- ``diffusion_defaults`` / ``parse_seed``: what the widget's diffusion controls start from and
+  how a typed seed is read (bad values are one-line ``HiresError``s, as ``ldm.Sampling`` gives).
 - ``stale_reason`` (main thread, when the result arrives): why a result must not be attached
   because its layer changed or went away meanwhile (``None`` when it is still current).
 - ``output_layer``: the result as a layer data tuple ``<input> [<model> x<scale>]`` whose geometry comes
@@ -27,7 +32,9 @@ plain pytest.
 from __future__ import annotations
 
 import math
+import queue
 import re
+import threading
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Generator, Sequence
@@ -39,6 +46,8 @@ from hires_domain.errors import HiresError
 from hires_domain.image import Image
 from hires_domain.intensity import CT_WINDOWS
 from hires_domain.models import ModelInfo, get_model, list_models
+from hires_domain.models.ldm import DiffusionModel, Sampling, is_diffusion
+from hires_domain.models.ldm_sampling import SAMPLERS  # noqa: F401  (the widget's sampler choices)
 
 from . import layers
 
@@ -225,6 +234,30 @@ def takes_strength(name: str) -> bool:
     return info is not None and tuple(info.scales) == (1,)
 
 
+def diffusion_defaults(name: str) -> Sampling | None:
+    """A diffusion model's own sampling defaults (steps, sampler, ...) for the widget's
+    controls; None for any other model (and for an empty or unknown name)."""
+    try:
+        model = get_model(name)
+    except HiresError:
+        return None
+    if not is_diffusion(model):
+        return None
+    return model.sampling if isinstance(model, DiffusionModel) else Sampling()
+
+
+def parse_seed(text) -> int | None:
+    """The seed as typed: empty → None (the model's default), else an integer (``ldm.Sampling``
+    refuses a negative one); anything else is a one-line HiresError."""
+    t = str(text).strip()
+    if not t:
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        raise HiresError(f"seed must be a non-negative integer, got '{t}'") from None
+
+
 def device_in_use(name: str) -> str:
     """What ``name`` resolves to here ('cuda', 'cpu', ...), or why it cannot be used."""
     try:
@@ -252,7 +285,7 @@ class Job:
     settings: pipeline.Settings
     fingerprint: Fingerprint
     region: Region | None = None
-    options: dict = field(default_factory=dict)  # diffusion steps/seed (for diffusion models)
+    options: dict = field(default_factory=dict)  # free-form extras (diffusion choices live in settings)
     others: tuple[Fingerprint, ...] = ()  # the other band layers of a band-set job
     note: str | None = None  # how the input differs from the model's training inputs (pipeline.domain_note)
 
@@ -267,6 +300,11 @@ class Job:
         base = f"{self.name} [{result_label(self.settings)}]"
         return base if self.region is None else f"{base} preview"
 
+    @property
+    def unit(self) -> str:
+        """What ``run`` counts: denoising 'steps' (over all tiles) for diffusion models, else 'tiles'."""
+        return "steps" if getattr(self.settings, "sampling", None) is not None else "tiles"
+
 
 def result_label(settings: pipeline.Settings) -> str:
     """What made a result, for its layer name: model and scale (and a denoising strength below 1)."""
@@ -279,11 +317,20 @@ def result_label(settings: pipeline.Settings) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a finished run returns: the result Image, or the one-line error of a refused run."""
+    """What a finished run returns: the result Image (and, for a diffusion run with
+    ``Settings.uncertainty``, the per-pixel standard deviation over the samples), the one-line
+    error of a refused run, or ``cancelled`` (nothing made)."""
 
     job: Job
     image: Image | None = None
     error: str | None = None
+    uncertainty: Image | None = None
+    cancelled: bool = False
+
+
+class Cancelled(Exception):
+    """Raised in a diffusion model's step callback once the job is cancelled (``run`` turns it
+    into ``Outcome(cancelled=True)``)."""
 
 
 def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings, layer_id: int,
@@ -370,10 +417,14 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
     return Job(name, image, settings, fps[0], region, dict(options or {}), tuple(fps[1:]), note)
 
 
-def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
+def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int, int], None, Outcome]:
     """Enhance ``job.image`` tile by tile: yields ``(done, total)``, returns an ``Outcome``.
 
-    A ``HiresError`` (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
+    Diffusion models count denoising steps over all tiles (total = tiles × steps) and stop
+    within one step once ``cancel`` is set (``Outcome.cancelled``); other models count tiles,
+    and a consumer stops them between tiles by not resuming the generator. With ``Settings.uncertainty`` the per-pixel standard deviation over the samples
+    comes back as ``Outcome.uncertainty`` (the sink is split, ``tiling.SplitSink``). A
+    ``HiresError`` (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
     else propagates (a bug, shown with its traceback).
     """
     image, s = job.image, job.settings
@@ -381,12 +432,63 @@ def run(job: Job) -> Generator[tuple[int, int], None, Outcome]:
         out = pipeline.check_size(image, s.scale)
         fill = np.nan if image.nodata is None else image.nodata
         sink = tiling.ArraySink((image.channels, *out), fill=fill)
-        yield from pipeline.iter_enhance(image, sink, s)  # the domain was checked at capture
+        extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
+        target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
+        if getattr(s, "sampling", None) is not None:
+            yield from _denoising_steps(image, target, s, cancel)
+        else:
+            yield from pipeline.iter_enhance(image, target, s)  # the domain was checked at capture
+    except Cancelled:
+        return Outcome(job, cancelled=True)
     except HiresError as e:
         return Outcome(job, error=str(e))
-    result = image.with_data(sink.array, factors=pipeline.inplane_factors(image, s.scale),
-                             meta={**image.meta, "provenance": s.describe()})
-    return Outcome(job, image=result)
+    factors = pipeline.inplane_factors(image, s.scale)
+    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": s.describe()})
+    std = None
+    if extra is not None:
+        std = image.with_data(extra.array, factors=factors, nodata=None,
+                              meta={**image.meta, "provenance": pipeline.uncertainty_description(s),
+                                    "nodata": None})
+    return Outcome(job, image=result, uncertainty=std)
+
+
+_END = object()
+
+
+def _denoising_steps(image: Image, sink, s: pipeline.Settings, cancel: threading.Event | None):
+    """``pipeline.iter_enhance`` of a diffusion model, yielding ``(done, total)`` per denoising
+    step. The tiles run in a helper thread whose step callback hands each step over here and
+    raises ``Cancelled`` once ``cancel`` is set or this generator is closed, so sampling stops
+    within one step; the helper is joined before this generator ends."""
+    stop = threading.Event()
+    reports: queue.Queue = queue.Queue()
+
+    def on_step(done: int, total: int) -> None:
+        if stop.is_set() or (cancel is not None and cancel.is_set()):
+            raise Cancelled
+        reports.put((done, total))
+
+    def work() -> None:
+        try:
+            for _ in pipeline.iter_enhance(image, sink, s, on_step=on_step):
+                pass
+            reports.put((_END, None))
+        except BaseException as exc:  # handed over to the generator's thread and raised there
+            reports.put((_END, exc))
+
+    helper = threading.Thread(target=work, name="hires-diffusion", daemon=True)
+    helper.start()
+    try:
+        while True:
+            item, error = reports.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        helper.join()
 
 
 def run_all(job: Job) -> Outcome:
@@ -410,6 +512,35 @@ def output_layers(job: Job, result: Image, contrast_limits=None, colormap=None) 
             kwargs["contrast_limits"] = tuple(float(v) for v in contrast_limits)
         if colormap is not None:
             kwargs["colormap"] = colormap
+        out.append((data, kwargs, kind))
+    return out
+
+
+UNCERTAINTY_COLORMAP = "magma"
+
+
+def uncertainty_name(result_name: str) -> str:
+    """The uncertainty layer of a result layer: ``<result name> uncertainty``."""
+    return f"{result_name} uncertainty"
+
+
+def uncertainty_layers(job: Job, std: Image, result_names: Sequence[str]) -> list[tuple[Any, dict, str]]:
+    """Layer data tuples of a diffusion run's per-pixel standard deviation: one per result layer
+    (``result_names``, in band order), named ``<result name> uncertainty``, with the result's
+    geometry (``layers.geometry_kwargs``), a 'magma' colormap from 0 to its 99th percentile, and
+    the Image in metadata so the writers can save it. An all-bands run's layers form their own
+    band set ``<result> uncertainty``, hidden (show one band to look at it)."""
+    out = []
+    specs = layers.to_layer_data(std, uncertainty_name(job.output_name))
+    if len(specs) != len(result_names):
+        raise HiresError(f"{len(specs)} uncertainty layers for {len(result_names)} result layers")
+    for (data, kwargs, kind), name in zip(specs, result_names):
+        finite = np.asarray(data)[np.isfinite(data)]
+        hi = float(np.percentile(finite, 99)) if finite.size else 1.0
+        metadata = {k: v for k, v in kwargs["metadata"].items() if k != layers.WINDOW_REASON}
+        kwargs = {**kwargs, "name": uncertainty_name(name), "metadata": metadata, "colormap": UNCERTAINTY_COLORMAP,
+                  "contrast_limits": (0.0, hi if hi > 0 else 1.0), "blending": "translucent",
+                  "visible": len(specs) == 1}
         out.append((data, kwargs, kind))
     return out
 

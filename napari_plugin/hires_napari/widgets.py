@@ -1,7 +1,9 @@
 """The plugin's widgets: thin Qt over ``jobs`` (which holds every decision and is Qt-free).
 
 - ``EnhanceWidget``: run a model on an image layer (or a region of it) in a napari generator
-  worker; progress per tile, Cancel between tiles, stale results refused.
+  worker; progress per tile, Cancel between tiles, stale results refused. Diffusion models:
+  steps/seed/samples/sampler/uncertainty controls (enabled for them only), progress per
+  denoising step over all tiles, Cancel within one step, the uncertainty map as its own layer.
 - ``CompareWidget``: metrics table (computed in a worker thread), a difference layer, and a fade
   slider (swipe by opacity) plus a side-by-side toggle (napari's grid mode).
 - ``WindowPresetsWidget``: CT window/level presets in one click.
@@ -18,9 +20,9 @@ from napari.layers import Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
-                            QProgressBar, QPushButton, QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView,
+                            QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
 
 from hires_domain.errors import HiresError
 from hires_domain.intensity import CT_WINDOWS, window_label
@@ -102,6 +104,9 @@ class EnhanceWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.job: jobs.Job | None = None
+        self._cancel = threading.Event()  # set by Cancel: a diffusion run stops within one step
+        self._defaults_of = ""  # the diffusion model whose defaults the controls were last set to
+        self._many_samples = False
         self.last_progress = (0, 0)
         self.last_outcome: str | None = None  # 'added' | 'stale' | 'error' | 'cancelled'
 
@@ -113,19 +118,33 @@ class EnhanceWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(jobs.DEVICES)
         self.device_label = QLabel()
-        self.steps = QSpinBox(minimum=1, maximum=1000, value=20)
-        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        # diffusion choices: bad values (0 steps or samples, a seed that is no integer) reach the
+        # core's checks (ldm.Sampling) and come back as one-line errors, as other refusals do
+        self.steps = QSpinBox(minimum=0, maximum=1000, value=20)
+        self.steps.setToolTip("denoising steps per tile (set to the model's default when it is chosen)")
+        self.seed = QLineEdit()
+        self.seed.setPlaceholderText("0")
+        self.seed.setToolTip("noise seed, an integer >= 0 (empty: 0); the same seed gives the same result")
+        self.samples = QSpinBox(minimum=0, maximum=64, value=1)
+        self.samples.setToolTip("samples per pixel; the result is their mean")
+        self.sampler = QComboBox()
+        self.sampler.addItems(jobs.SAMPLERS)
+        self.uncertainty = QCheckBox("uncertainty map")
+        self.uncertainty.setToolTip("add the per-pixel standard deviation over the samples as its own layer "
+                                    "(needs samples > 1; on by default then)")
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=1.0, singleStep=0.1, decimals=2)
         self.strength.setToolTip("how much of the model's change to keep: output = input + strength × "
                                  "(model − input); 1 = the model's output, 0 = the input")
         self.strength_label = QLabel("strength")  # the row shows for x1 (denoising) models only
         self.diffusion_box = QWidget()
         self.diffusion_label = QLabel("diffusion")  # the row (label and box) shows for diffusion models only
-        dl = QHBoxLayout(self.diffusion_box)
+        dl = QGridLayout(self.diffusion_box)
         dl.setContentsMargins(0, 0, 0, 0)
-        for label, w in (("steps", self.steps), ("seed", self.seed)):
-            dl.addWidget(QLabel(label))
-            dl.addWidget(w)
+        for i, (label, w) in enumerate((("steps", self.steps), ("seed", self.seed), ("samples", self.samples),
+                                        ("sampler", self.sampler))):
+            dl.addWidget(QLabel(label), i // 2, 2 * (i % 2))
+            dl.addWidget(w, i // 2, 2 * (i % 2) + 1)
+        dl.addWidget(self.uncertainty, 2, 0, 1, 4)
         self.region_combo = QComboBox()
         self.region_combo.addItems(jobs.REGION_MODES)
         self.region_button = QPushButton("Draw region")
@@ -171,6 +190,7 @@ class EnhanceWidget(QWidget):
         self.model_combo.currentTextChanged.connect(self._on_model)
         self.device_combo.currentTextChanged.connect(self._on_device)
         self.tile.valueChanged.connect(self._on_tile)
+        self.samples.valueChanged.connect(self._on_samples)
         self.region_button.clicked.connect(self.add_region_layer)
         self.composite_button.clicked.connect(self.add_composite)
         self.run_button.clicked.connect(self.run)
@@ -217,16 +237,35 @@ class EnhanceWidget(QWidget):
         self._on_model(self.model_combo.currentText())
 
     def _on_model(self, name: str):
-        """The scale follows the model: a scale it cannot do becomes its own (s2-sr-x4 → 4)."""
+        """The scale follows the model: a scale it cannot do becomes its own (s2-sr-x4 → 4). The
+        diffusion row shows, enabled, for diffusion models only, starting from the model's own
+        steps and sampler when it is chosen."""
         diffusion = jobs.model_family(name) == "diffusion"
         self.diffusion_label.setVisible(diffusion)
         self.diffusion_box.setVisible(diffusion)
+        for w in (self.steps, self.seed, self.samples, self.sampler):
+            w.setEnabled(diffusion)
+        defaults = jobs.diffusion_defaults(name) if diffusion else None
+        if defaults is not None and name != self._defaults_of:
+            self.steps.setValue(defaults.steps)
+            self.sampler.setCurrentText(defaults.sampler)
+        self._defaults_of = name if diffusion else ""
+        self._on_samples(self.samples.value())
         denoiser = jobs.takes_strength(name)
         self.strength_label.setVisible(denoiser)
         self.strength.setVisible(denoiser)
         info = jobs.model_info(name)
         if info is not None and self.scale.value() not in info.scales:
             self.scale.setValue(info.default_scale)
+
+    def _on_samples(self, samples: int):
+        """The uncertainty map needs more than one sample: on by default from two samples, off and
+        disabled for one (and for models that are not diffusion models)."""
+        many = samples > 1
+        if many != self._many_samples:
+            self._many_samples = many
+            self.uncertainty.setChecked(many)
+        self.uncertainty.setEnabled(self.samples.isEnabled() and many)
 
     def _on_tile(self, tile: int):
         """Overlap stays below the tile: at most tile − 1; one that no longer fits becomes tile/8
@@ -240,9 +279,17 @@ class EnhanceWidget(QWidget):
         self.device_label.setText(f"in use: {jobs.device_in_use(name)}")
 
     def settings(self) -> Settings:
-        return Settings(model=self.model_combo.currentText(), scale=self.scale.value(), tile=self.tile.value(),
+        """The job's Settings; diffusion choices only for diffusion models (HiresError, one line,
+        for bad values)."""
+        name = self.model_combo.currentText()
+        diffusion = {}
+        if jobs.model_family(name) == "diffusion":
+            diffusion = {"steps": self.steps.value(), "seed": jobs.parse_seed(self.seed.text()),
+                         "samples": self.samples.value(), "sampler": self.sampler.currentText(),
+                         "uncertainty": self.samples.value() > 1 and self.uncertainty.isChecked()}
+        return Settings(model=name, scale=self.scale.value(), tile=self.tile.value(),
                         overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText(),
-                        strength=self.strength.value() if jobs.takes_strength(self.model_combo.currentText()) else 1.0)
+                        strength=self.strength.value() if jobs.takes_strength(name) else 1.0, **diffusion)
 
     def add_composite(self):
         """The true-colour composite of the selected raster's band layers (``readers.add_composite``)."""
@@ -295,15 +342,13 @@ class EnhanceWidget(QWidget):
             if not self.model_combo.currentText():
                 raise HiresError(f"no registered model fits '{self.layer_combo.currentText()}' at "
                                  f"x{self.scale.value()}")
-            options = {"steps": self.steps.value(), "seed": self.seed.value()} \
-                if jobs.model_family(self.model_combo.currentText()) == "diffusion" else {}
             if len(inputs) == 1:
                 job = jobs.capture(layer.data, layer.metadata, layer.name, self.settings(), layer.unique_id,
-                                   self.region(layer), _placement(layer), options)
+                                   self.region(layer), _placement(layer))
             else:
                 members = [(ly.data, ly.metadata, ly.unique_id, _placement(ly)) for ly in inputs]
                 job = jobs.capture_bands(members, layer.metadata[jobs.layers.GROUP]["name"], self.settings(),
-                                         self.region(layer), options)
+                                         self.region(layer))
         except HiresError as e:
             self.last_outcome = "error"
             self.status.setText(f"not run: {e}")  # never the previous run's "added …"
@@ -315,7 +360,8 @@ class EnhanceWidget(QWidget):
         self.progress.setRange(0, 0)
         self.status.setText(f"enhancing {job.name} with {job.settings.model} x{job.settings.scale}…")
         self._show_note(job.note)
-        worker = create_worker(jobs.run, job, _start_thread=False)
+        self._cancel = threading.Event()
+        worker = create_worker(jobs.run, job, cancel=self._cancel, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
@@ -332,8 +378,10 @@ class EnhanceWidget(QWidget):
         self.domain_note.setVisible(bool(note))
 
     def cancel(self):
-        """Stop the worker between tiles (the generator is not resumed after the current one)."""
+        """Stop the worker between tiles (the generator is not resumed after the current one);
+        a diffusion run stops within one denoising step (the job's cancel event)."""
         if self.worker is not None:
+            self._cancel.set()
             self.worker.quit()
             self.cancel_button.setEnabled(False)
             self.status.setText("cancelling…")
@@ -346,6 +394,9 @@ class EnhanceWidget(QWidget):
 
     def _on_returned(self, outcome: jobs.Outcome):
         job = outcome.job
+        if outcome.cancelled:
+            self._on_aborted()
+            return
         if outcome.error:
             self.last_outcome = "error"
             self.status.setText(outcome.error)
@@ -368,9 +419,10 @@ class EnhanceWidget(QWidget):
         for data, kwargs, _ in jobs.output_layers(job, outcome.image,
                                                   contrast_limits=layer.contrast_limits if single else None,
                                                   colormap=layer.colormap.name if single else None):
-            old = _find(self.viewer, kwargs["name"])
-            if old is not None:  # a re-run replaces its previous result
-                self.viewer.layers.remove(old)
+            for name in (kwargs["name"], jobs.uncertainty_name(kwargs["name"])):
+                old = _find(self.viewer, name)
+                if old is not None:  # a re-run replaces its previous result (and its uncertainty map)
+                    self.viewer.layers.remove(old)
             added.append(self.viewer.add_image(data, **kwargs))
         if len(added) >= 3:  # a band set shows as its true-colour composite, bands hidden
             try:
@@ -379,19 +431,26 @@ class EnhanceWidget(QWidget):
                     band.visible = False
             except HiresError:
                 pass  # bands that make no composite stay as they are
+        if outcome.uncertainty is not None:  # over the result, on its grid
+            for data, kwargs, _ in jobs.uncertainty_layers(job, outcome.uncertainty, [ly.name for ly in added]):
+                self.viewer.add_image(data, **kwargs)
         self.last_outcome = "added"
-        self.status.setText(f"added '{job.output_name}'")
+        extra = " and its uncertainty map" if outcome.uncertainty is not None else ""
+        self.status.setText(f"added '{job.output_name}'{extra}")
 
     def _on_aborted(self):
         self.last_outcome = "cancelled"
         done, total = self.last_progress
-        self.status.setText(f"cancelled after {done} of {total} tiles")
+        unit = self.job.unit if self.job is not None else "tiles"
+        self.status.setText(f"cancelled after {done} of {total} {unit}")
 
     def _on_errored(self, exc):
         self.last_outcome = "error"
         self.status.setText(f"failed: {exc}")
 
     def _on_finished(self):
+        if self.last_outcome is None and self._cancel.is_set():  # returned after Cancel: not emitted
+            self._on_aborted()
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
