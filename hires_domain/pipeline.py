@@ -269,7 +269,8 @@ def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> tu
     if extra is None:
         return result, None
     std = image.with_data(extra.array, factors=factors,
-                          meta={**image.meta, "provenance": uncertainty_description(s), "nodata": None})
+                          meta={**image.meta, "provenance": uncertainty_description(s), "nodata": None,
+                                "dtype": "float32"})
     std.nodata = None
     return result, std
 

@@ -58,9 +58,12 @@ def make_local(module: nn.Module) -> nn.Module:
     return module
 
 
-def _groups(channels: tuple[int, ...], wanted: int = 8) -> int:
+def _groups(channels: tuple[int, ...], wanted: int = 8, min_size: int = 4) -> int:
+    """Groups for PixelGroupNorm: at most ``wanted``, dividing every count, with at least
+    ``min_size`` channels per group where possible. Per pixel, a one-channel group normalises
+    to a constant (the layer's input is lost) and a two-channel group to about ±1 (a sign)."""
     g = wanted
-    while any(c % g for c in channels):
+    while g > 1 and any(c % g or c // g < min_size for c in channels):
         g //= 2
     return max(g, 1)
 

@@ -422,9 +422,10 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
 
     Diffusion models count denoising steps over all tiles (total = tiles × steps) and stop
     within one step once ``cancel`` is set (``Outcome.cancelled``); other models count tiles,
-    and a consumer stops them between tiles by not resuming the generator. With ``Settings.uncertainty`` the per-pixel standard deviation over the samples
-    comes back as ``Outcome.uncertainty`` (the sink is split, ``tiling.SplitSink``). A
-    ``HiresError`` (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
+    and a consumer stops them between tiles by not resuming the generator. With
+    ``Settings.uncertainty`` the per-pixel standard deviation over the samples comes back as
+    ``Outcome.uncertainty`` (the sink is split, ``tiling.SplitSink``). A ``HiresError``
+    (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
     else propagates (a bug, shown with its traceback).
     """
     image, s = job.image, job.settings
@@ -448,7 +449,7 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
     if extra is not None:
         std = image.with_data(extra.array, factors=factors, nodata=None,
                               meta={**image.meta, "provenance": pipeline.uncertainty_description(s),
-                                    "nodata": None})
+                                    "nodata": None, "dtype": "float32"})  # saved as float, not the input's ints
     return Outcome(job, image=result, uncertainty=std)
 
 
@@ -466,7 +467,7 @@ def _denoising_steps(image: Image, sink, s: pipeline.Settings, cancel: threading
     def on_step(done: int, total: int) -> None:
         if stop.is_set() or (cancel is not None and cancel.is_set()):
             raise Cancelled
-        reports.put((done, total))
+        reports.put(((done, total), None))
 
     def work() -> None:
         try:
@@ -480,7 +481,7 @@ def _denoising_steps(image: Image, sink, s: pipeline.Settings, cancel: threading
     helper.start()
     try:
         while True:
-            item, error = reports.get()
+            item, error = reports.get()  # ((done, total), None) per step, then (_END, exception or None)
             if item is _END:
                 if error is not None:
                     raise error
