@@ -7,7 +7,6 @@ uncertainty in the output's format and geometry or refuses bad options with one 
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,16 @@ from support import SAMPLES, hires, make_ldm
 S2 = "td-s2-x4"  # raster, 4 bands, x4 (tile 64, overlap 16, halo 16)
 CT = "td-ct-x2"  # medical, 1 band, x2, consistency enforced by default
 REFLECTANCE = 1e-4  # s2_crop.tif: reflectance = DN / 10000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these networks are small, and on a loaded machine (tests beside a
+    training run) two OpenMP threads wait on each other for far longer than they compute."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +140,8 @@ def test_noise_field_is_keyed_by_global_position():
 def test_inner_tile_size_does_not_change_the_image(models, s2):
     """Joint tiled denoising (one latent, tiles blended every step) on a real 96x96 crop: inner
     tiles of 32, 64 and 128 latent pixels give the same image, far closer to each other than two
-    seeds are (so the test would see tiles drifting apart or noise keyed by tile)."""
+    seeds are (~+60 dB here; tiles read without their halo come to only ~+20 dB, and tiles
+    denoised apart or noise keyed by tile to ~0)."""
     x = torch.from_numpy(s2.array()[:, 40:136, 60:156].copy())[None]
     m = load_model(models[S2])
     out = {}
@@ -144,7 +154,7 @@ def test_inner_tile_size_does_not_change_the_image(models, s2):
     seeds_db = differ_db(out[128], other_seed)
     for a, b in ((32, 64), (32, 128), (64, 128)):
         db = differ_db(out[a], out[b])
-        assert db >= 40 and db >= seeds_db + 20, (a, b, db, seeds_db)
+        assert db >= 40 and db >= seeds_db + 35, (a, b, db, seeds_db)
 
 
 def test_outer_tiles_add_no_seams(models, s2):
@@ -205,7 +215,7 @@ def test_ddim_sampler_runs_and_differs_from_dpm(models, s2_small):
 
 def test_sampling_values_are_checked():
     for bad in (dict(steps=0), dict(samples=0), dict(seed=-1), dict(sampler="foo"), dict(consistency="foo"),
-                dict(steps=True), dict(level=2.0)):
+                dict(steps=True), dict(level=2.0), dict(temperature=-0.1)):
         with pytest.raises(HiresError):
             Sampling(**bad)
 
@@ -308,10 +318,12 @@ def refused(capsys, directory: Path, *args, match: str = "", usage: bool = False
     (["--model", "bicubic", "--seed", "1"], "diffusion", False),
     (["--model", "bicubic", "--sample-output"], "diffusion", False),
     (["--model", "bicubic", "--uncertainty", "{dir}/u.tif"], "diffusion", False),
+    (["--model", "bicubic", "--temperature", "0.5"], "diffusion", False),
     (["--model", S2, "--steps", "0"], "steps", False),
     (["--model", S2, "--samples", "0"], "samples", False),
     (["--model", S2, "--sampler", "foo"], "sampler", False),
     (["--model", S2, "--consistency", "foo"], "consistency", False),
+    (["--model", S2, "--temperature", "2"], "temperature", False),
     (["--model", S2, "--seed", "abc"], "seed", True),
     (["--model", S2, "--uncertainty", "{dir}/out.tif"], "output path", False),
     (["--model", S2, "--uncertainty", "{dir}/u.nii.gz"], "u.nii.gz", False),

@@ -121,8 +121,8 @@ class LdmConfig(_Strict):
 def parse_ldm_config(data: dict, where: str, base: Path) -> LdmConfig:
     try:
         cfg = LdmConfig.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(where, exc) from None
+    except ValidationError as exc:  # the only whole-config check (_stage_fits) is about the codec
+        raise validation_error(where, exc, root="codec") from None
     cfg._base = Path(base)
     manifest = read_manifest(cfg.dataset_dir, where)
     scale = int(manifest["scale"])
