@@ -3,7 +3,7 @@ train`` does at export when ``sampling.temperature`` is not set), and optionally
 
     python benchmarks/calibrate_temperature.py DATASET_DIR --model NAME [--items 16] [--write]
 
-For each temperature in 0..1 (steps of 0.1) one sample per training item (centre crops of 128 HR pixels);
+For each temperature in 0.1..1 (hires_domain.train.ldm_loop.TEMPERATURES) one sample per training item (centre crops of 128 HR pixels);
 the value whose geometric-mean single-sample high-frequency energy ratio (hires_domain.metrics)
 is closest to 1 is chosen. ``--write`` puts it into the model JSON's ``diffusion.defaults``.
 """

@@ -91,7 +91,8 @@ def _blocks(a: np.ndarray, b: int = 16) -> np.ndarray:
     return np.nanmean(a, axis=(0, 2, 4)).ravel()
 
 
-def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limit: int | None) -> dict:
+def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limit: int | None,
+                   every: int = 1) -> dict:
     """A diffusion model's sample mean (``samples`` draws) and one sample against bicubic and
     its first stage (the SRGAN model it was trained on), both degradations; plus the
     high-frequency energy ratio, consistency with and without enforcement, and the Spearman
@@ -109,8 +110,10 @@ def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limi
     results: dict = {}
     pairs: dict = {}
     for i, (rec, z) in enumerate(items(dataset, "val")):
-        if limit and i >= limit:
+        if limit and i >= limit * every:
             break
+        if i % every:
+            continue
         hr = as_image(z["hr"], manifest, z["valid"])
         lrs = {"area": block_mean(np.nan_to_num(z["hr"]), (scale, scale)), "recipe": z["lr"]}
         for how, lr_arr in lrs.items():
@@ -207,14 +210,15 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--samples", type=int, default=8, help="diffusion models: samples per mean (and uncertainty)")
-    ap.add_argument("--limit", type=int, help="diffusion models: only the first N val items")
+    ap.add_argument("--limit", type=int, help="diffusion models: at most N val items")
+    ap.add_argument("--every", type=int, default=1, help="diffusion models: every K-th val item (spread over the split)")
     args = ap.parse_args()
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     from hires_domain.models import get_model
     from hires_domain.models.ldm import is_diffusion
 
     if is_diffusion(get_model(args.model)):
-        rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit)
+        rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit, args.every)
         rows["timing | 256x256 LR, 1 sample, default steps | -"] = seconds_256(args.model, manifest)
     else:
         rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
@@ -227,7 +231,8 @@ def main() -> int:
         print(f"| {label} | " + " | ".join(f"{vals[n]:.4f}" if n in vals else "" for n in names) + " |")
     if args.json:
         args.json.write_text(json.dumps({"dataset": str(args.dataset), "model": args.model, "rows": rows,
-                                         "samples": args.samples, "limit": args.limit}, indent=2))
+                                         "samples": args.samples, "limit": args.limit, "every": args.every},
+                                        indent=2))
     return 0
 
 

@@ -68,6 +68,21 @@ class Sampling:
             raise HiresError(f"noise-augmentation level must be from 0 to 1, got {self.level}")
 
 
+def scale_map(mean: torch.Tensor, scale: int, floor: float | None) -> torch.Tensor | float:
+    """Where the residual is expected to be large: the first stage's local gradient magnitude
+    (band mean of squared differences, averaged over each LR pixel's block and its 3 × 3 LR
+    neighbourhood), floored at ``floor``; ``(B, 1, h, w)`` on the latent grid. The diffusion
+    models ``residual / (latent_scale · map)``, so even a briefly trained model puts its samples'
+    spread (the uncertainty) at edges and texture rather than uniformly. None: no map (1)."""
+    if floor is None:
+        return 1.0
+    gy = torch.nn.functional.pad(mean[..., 1:, :] - mean[..., :-1, :], (0, 0, 0, 1))
+    gx = torch.nn.functional.pad(mean[..., :, 1:] - mean[..., :, :-1], (0, 1, 0, 0))
+    g2 = torch.nn.functional.avg_pool2d((gy ** 2 + gx ** 2).mean(1, keepdim=True), scale)
+    g2 = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(g2, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return torch.sqrt(g2 + floor ** 2)
+
+
 class DiffusionModel(NeuralModel):
     """An LR-conditioned latent diffusion model loaded from its JSON and safetensors."""
 
@@ -157,7 +172,8 @@ class DiffusionModel(NeuralModel):
         r = denoise_jointly(denoiser, noise * (tau * scheduler.init_noise_sigma), cond, scheduler, level,
                             int(self.defaults.get("tile", 256)), int(self.defaults.get("overlap", 32)),
                             int(self.defaults.get("halo", 16)), self.on_step)
-        y = codec.decode(z_mean + float(d["latent_scale"]) * r)[..., :h * s, :w * s]
+        smap = scale_map(mean, s, d.get("scale_map_floor"))
+        y = codec.decode(z_mean + float(d["latent_scale"]) * smap * r)[..., :h * s, :w * s]
         if self.enforce:
             y = project_consistent(y, lr, s)
         y = self.normaliser.inverse(y)

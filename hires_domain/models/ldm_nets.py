@@ -93,12 +93,14 @@ class UnshuffleCodec(nn.Module):
 
 class KLCodec(nn.Module):
     """diffusers ``AutoencoderKL`` with downsampling factor = scale (log2(scale) down blocks);
-    ``encode`` returns the posterior mean (deterministic)."""
+    ``encode`` returns the posterior mean (deterministic). Inputs are standardised per band with
+    the training pixels' ``mean``/``std`` first: the per-pixel normalisation would otherwise see
+    features dominated by biases (reflectance varies by ~0.1) and learn to ignore the input."""
 
     kind = "autoencoder-kl"
 
     def __init__(self, bands: int, scale: int, latent_channels: int = 8, channels: tuple[int, ...] | None = None,
-                 layers_per_block: int = 1):
+                 layers_per_block: int = 1, mean=None, std=None):
         super().__init__()
         from diffusers import AutoencoderKL
 
@@ -110,6 +112,10 @@ class KLCodec(nn.Module):
             raise HiresError(f"autoencoder-kl at x{scale} needs {levels + 1} channel counts, got {len(channels)}")
         self.bands, self.scale, self.latent_channels = bands, scale, latent_channels
         self.channels, self.layers_per_block = channels, layers_per_block
+        self.mean = [float(v) for v in (mean if mean is not None else [0.0] * bands)]
+        self.std = [float(v) for v in (std if std is not None else [1.0] * bands)]
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, -1, 1, 1), persistent=False)
         self.vae = make_local(AutoencoderKL(
             in_channels=bands, out_channels=bands, latent_channels=latent_channels,
             down_block_types=("DownEncoderBlock2D",) * len(channels),
@@ -117,17 +123,18 @@ class KLCodec(nn.Module):
             layers_per_block=layers_per_block, norm_num_groups=_groups(channels), mid_block_add_attention=False))
 
     def posterior(self, x: torch.Tensor):
-        return self.vae.encode(x).latent_dist
+        return self.vae.encode((x - self._mean) / self._std).latent_dist
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x).mean
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z).sample
+        return self.vae.decode(z).sample * self._std + self._mean
 
     def hparams(self) -> dict:
         return {"kind": self.kind, "bands": self.bands, "scale": self.scale, "latent_channels": self.latent_channels,
-                "channels": list(self.channels), "layers_per_block": self.layers_per_block}
+                "channels": list(self.channels), "layers_per_block": self.layers_per_block,
+                "mean": self.mean, "std": self.std}
 
 
 def build_codec(hp: dict) -> nn.Module:

@@ -43,6 +43,7 @@ class DiffusionCfg(_Strict):
     prediction: Literal["v_prediction", "epsilon", "sample"] = "v_prediction"
     max_level: float = Field(0.02, ge=0)  # LR noise augmentation: largest std in network units
     level_prob: float = Field(0.5, ge=0, le=1)  # share of training batches augmented
+    scale_map: bool = True  # residual in units of the first stage's local gradient (ldm.scale_map)
 
 
 class SamplingCfg(_Strict):

@@ -29,14 +29,14 @@ from ..intensity import Normaliser
 from ..metrics import psnr, ssim
 from ..models import domain as input_domain
 from ..models import losses as L
-from ..models.ldm import DiffusionModel, Sampling, diffusion_json
+from ..models.ldm import DiffusionModel, Sampling, diffusion_json, scale_map
 from ..models.ldm_nets import KLCodec, UnshuffleCodec, build_codec, build_denoiser
 from ..models.neural import NeuralModel, read_model_json
 from ..tiling import resolve_device
 from .config import read_manifest
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
 from .ldm_config import LdmConfig
-from .loop import CsvLog, _flatten_optim, _load_tensors, _save_tensors, _unflatten_optim
+from .loop import CsvLog, _band_stats, _flatten_optim, _load_tensors, _save_tensors, _unflatten_optim
 
 CODEC_FORMAT = "hires-codec"
 KEEP_CHECKPOINTS = 3
@@ -71,7 +71,7 @@ def load_codec(json_path) -> KLCodec:
     return codec.eval()
 
 
-TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TEMPERATURES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 @torch.no_grad()
@@ -123,8 +123,9 @@ class LdmTrainer:
         self.first, self.first_meta = None, {"kind": "bicubic"}
         if cfg.stage == "vae":
             k = cfg.codec
+            mean, std = _band_stats(items, self.norm)
             self.net = KLCodec(c, self.scale, k.latent_channels, tuple(k.channels) if k.channels else None,
-                               k.layers_per_block).to(self.device)
+                               k.layers_per_block, mean.tolist(), std.tolist()).to(self.device)
         else:
             self.codec = self._codec(c).to(self.device)
             if cfg.first_stage.kind == "generator":
@@ -144,6 +145,7 @@ class LdmTrainer:
             from diffusers import DDPMScheduler
 
             self.ddpm = DDPMScheduler(**self.sched_cfg)
+            self.floor = self._floor() if df.scale_map else None
             self.latent_scale = self._latent_scale()
         self.ema = copy.deepcopy(self.net).eval()
         for p in self.ema.parameters():
@@ -169,15 +171,27 @@ class LdmTrainer:
             lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
     @torch.no_grad()
-    def _latent_scale(self) -> float:
-        """Std of the unscaled residual latent over 16 training batches (drawn from a copy of the
-        sampler's state, so training batches are unchanged)."""
+    def _batches(self, n: int = 16):
+        """``n`` training batches drawn from a copy of the sampler's state (training batches unchanged)."""
         state = copy.deepcopy(self.sampler.state())
-        values = []
-        for _ in range(16):
-            b = self.sampler.batch(self.cfg.train.batch_size, self.device)
-            values.append((self.codec.encode(b["hr"]) - self.codec.encode(self._mean(b["lr"]))).flatten())
+        out = [self.sampler.batch(self.cfg.train.batch_size, self.device) for _ in range(n)]
         self.sampler.set_state(state)
+        return out
+
+    @torch.no_grad()
+    def _floor(self) -> float:
+        """The scale map's floor: the median local gradient of the first stage on training batches."""
+        maps = [scale_map(self._mean(b["lr"]), self.scale, 0.0).flatten() for b in self._batches()]
+        return float(torch.cat(maps).median().clamp_min(1e-6))
+
+    @torch.no_grad()
+    def _latent_scale(self) -> float:
+        """Std of the residual latent (divided by the scale map) over 16 training batches."""
+        values = []
+        for b in self._batches():
+            mean = self._mean(b["lr"])
+            r = self.codec.encode(b["hr"]) - self.codec.encode(mean)
+            values.append((r / scale_map(mean, self.scale, self.floor)).flatten())
         return float(torch.cat(values).std().clamp_min(1e-6))
 
     @torch.no_grad()
@@ -248,8 +262,9 @@ class LdmTrainer:
     def _ldm_loss(self, b) -> dict:
         df = self.cfg.diffusion
         with torch.no_grad():
-            z_mean = self.codec.encode(self._mean(b["lr"]))
-            z0 = (self.codec.encode(b["hr"]) - z_mean) / self.latent_scale
+            mean = self._mean(b["lr"])
+            z_mean = self.codec.encode(mean)
+            z0 = (self.codec.encode(b["hr"]) - z_mean) / (self.latent_scale * scale_map(mean, self.scale, self.floor))
         n = z0.shape[0]
         noise = torch.randn_like(z0)
         ts = torch.randint(0, df.timesteps, (n,), device=z0.device)
@@ -271,7 +286,7 @@ class LdmTrainer:
         s = self.cfg.sampling
         halo = s.halo + s.overlap  # outer tiles: context for the inner tiles and blending
         diffusion = {"codec": self.codec.hparams(), "denoiser": self.ema.hparams(), "first_stage": self.first_meta,
-                     "scheduler": self.sched_cfg, "latent_scale": self.latent_scale,
+                     "scheduler": self.sched_cfg, "latent_scale": self.latent_scale, "scale_map_floor": self.floor,
                      "max_level": self.cfg.diffusion.max_level,
                      "defaults": {"steps": s.steps, "sampler": s.sampler, "tile": s.tile, "overlap": s.overlap,
                                   "halo": s.halo, "level": s.level, "consistency": s.consistency,
@@ -347,7 +362,8 @@ class LdmTrainer:
         _save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         state = {"format": "hires-checkpoint", "format_version": 1, "stage": self.cfg.stage, "step": self.step,
                  "elapsed": self.elapsed, "sampler_rng": self.sampler.state(), "optim": optim,
-                 "latent_scale": getattr(self, "latent_scale", None), "config": self.cfg.model_dump(mode="json")}
+                 "latent_scale": getattr(self, "latent_scale", None), "floor": getattr(self, "floor", None),
+                 "config": self.cfg.model_dump(mode="json")}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -377,6 +393,7 @@ class LdmTrainer:
         self.sampler.set_state(state["sampler_rng"])
         if state.get("latent_scale") is not None:
             self.latent_scale = float(state["latent_scale"])
+            self.floor = state.get("floor")
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         return d
 
