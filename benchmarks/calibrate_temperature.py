@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--items", type=int, default=16)
     ap.add_argument("--side", type=int, default=128)
+    ap.add_argument("--grid", type=float, nargs="+", help="temperatures to try [default: TEMPERATURES]")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     manifest = json.loads((args.dataset / "manifest.json").read_text())
@@ -33,7 +34,7 @@ def main() -> int:
     scale = int(manifest["scale"])
     probe = [centre_crop(s, scale, args.side) for s in items[::max(1, len(items) // args.items)][:args.items]]
     model = get_model(args.model)
-    best, table = calibrate_temperature(model, probe)
+    best, table = calibrate_temperature(model, probe, *([args.grid] if args.grid else []))
     for t, r in table.items():
         print(f"temperature {t:.2f}: single-sample HF energy ratio {r:.3f}{'  <- chosen' if t == best else ''}")
     if args.write:
