@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import rasterio
+from PIL import Image as PILImage
 
 import hires_domain as hd
 from hires_domain import geometry
@@ -115,11 +116,15 @@ def test_raster_failure_mid_stream_leaves_nothing(samples, tmp_path, monkeypatch
 def test_demo_runs_on_bundled_samples(tmp_path):
     rows = run_demo(tmp_path / "demo", device="cpu", quiet=True)
     assert [r["out_shape"] for r in rows] == [[1, 12, 256, 256], [1, 32, 256, 256], [4, 1024, 1024],
-                                              [4, 1024, 1024]]
+                                              [4, 1024, 1024], [4, 1024, 1024]]
     assert rows[2]["model"] == "s2-sr-x4"  # the shipped model runs in the demo
+    assert rows[4]["model"] == "s2-ldm-x4" and rows[4]["uncertainty"] == "s2_crop_x4_ldm_uncertainty.tif"
     for name in ["ct_series_x2", "ct_head_x2.nii.gz", "s2_crop_x4.tif", "summary.md", "summary.json",
-                 "ct_series_x2_preview.png", "s2_crop_x4_preview.png"]:
+                 "ct_series_x2_preview.png", "s2_crop_x4_preview.png", "s2_crop_x4_ldm.tif",
+                 "s2_crop_x4_ldm_uncertainty.tif", "s2_crop_x4_ldm_preview.png"]:
         assert (tmp_path / "demo" / name).exists(), name
+    with PILImage.open(tmp_path / "demo" / "s2_crop_x4_ldm_preview.png") as png:  # input | mean | uncertainty
+        assert png.size == (3 * 1024 + 16, 1024)
     ds = pydicom.dcmread(sorted((tmp_path / "demo" / "ct_series_x2").glob("*.dcm"))[0])
     assert ds.ImageType[0] == "DERIVED" and "model=bicubic" in ds.DerivationDescription
     for p in (tmp_path / "demo" / "ct_series_x2").glob("*.dcm"):
