@@ -20,6 +20,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _RunPaths(_Strict):
+    """``dataset``/``output`` paths relative to the config file (``_base``, set at load time)."""
+
+    _base: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self._base / p)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.path(self.dataset)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.path(self.output)
+
+
 class GeneratorCfg(_Strict):
     arch: Literal["msrresnet", "rrdb"] = "msrresnet"
     size: Literal["tiny", "small", "medium", "full"] = "small"
@@ -75,7 +93,7 @@ class ExportCfg(_Strict):
     card: str = ""
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_RunPaths):
     name: str
     seed: int = 0
     dataset: str  # prepared dataset directory (manifest.json)
@@ -94,21 +112,6 @@ class TrainConfig(_Strict):
         if self.train.pretrain_steps + self.train.gan_steps == 0:
             raise ValueError("pretrain_steps + gan_steps must be > 0")
         return self
-
-    # resolved at load time
-    _base: Path = Path(".")
-
-    def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self._base / p)
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.path(self.dataset)
-
-    @property
-    def output_dir(self) -> Path:
-        return self.path(self.output)
 
     @property
     def total_steps(self) -> int:

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..errors import HiresError
 from ..settings_files import validation_error
-from .config import ExportCfg, TrainCfg, ValCfg, _Strict, read_manifest
+from .config import ExportCfg, TrainCfg, ValCfg, _RunPaths, _Strict, read_manifest
 
 
 class FirstStageCfg(_Strict):
@@ -76,7 +76,7 @@ class LdmTrainCfg(TrainCfg):
     gan_steps: int = 0
 
 
-class LdmConfig(_Strict):
+class LdmConfig(_RunPaths):
     name: str
     stage: Literal["vae", "ldm"]
     seed: int = 0
@@ -99,20 +99,6 @@ class LdmConfig(_Strict):
         if self.stage == "ldm" and self.codec.kind == "autoencoder-kl" and not self.codec.weights:
             raise ValueError("codec 'autoencoder-kl' needs 'weights' (the vae stage's exported JSON)")
         return self
-
-    _base: Path = Path(".")
-
-    def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self._base / p)
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.path(self.dataset)
-
-    @property
-    def output_dir(self) -> Path:
-        return self.path(self.output)
 
     @property
     def total_steps(self) -> int:

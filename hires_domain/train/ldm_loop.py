@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,6 @@ import torch
 
 from ..errors import HiresError
 from ..intensity import Normaliser
-from ..metrics import psnr, ssim
 from ..models import domain as input_domain
 from ..models import losses as L
 from ..models.ldm import DiffusionModel, Sampling, diffusion_json, scale_map
@@ -36,10 +34,10 @@ from ..tiling import resolve_device
 from .config import read_manifest
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
 from .ldm_config import LdmConfig
-from .loop import CsvLog, _band_stats, _flatten_optim, _load_tensors, _save_tensors, _unflatten_optim
+from .loop import (CsvLog, _band_stats, _flatten_optim, _load_tensors, _save_tensors, _unflatten_optim,
+                   commit_checkpoint, find_checkpoint, metric_range, open_checkpoint, score)
 
 CODEC_FORMAT = "hires-codec"
-KEEP_CHECKPOINTS = 3
 
 
 def save_codec(directory, name: str, codec: KLCodec, normaliser: Normaliser, training: dict) -> Path:
@@ -300,25 +298,9 @@ class LdmTrainer:
             tensors.update({f"codec.{k}": v for k, v in self.codec.state_dict().items()})
         return meta, tensors
 
-    def _metric(self, x: np.ndarray) -> np.ndarray:
-        if self.norm.kind == "hu":
-            return np.clip(x, *self.norm.clip)
-        return self.norm.forward(torch.from_numpy(x)[None])[0].numpy()
-
     @property
     def metric_range(self) -> float:
-        return self.norm.clip[1] - self.norm.clip[0] if self.norm.kind == "hu" else 1.0
-
-    def _score(self, preds) -> dict:
-        ps, ss = [], []
-        for s, pred in zip(self.val, preds):
-            a, r = self._metric(pred), self._metric(s.hr)
-            p, q = psnr(a, r, self.metric_range, s.valid).value, ssim(a, r, self.metric_range, s.valid).value
-            if p is not None and math.isfinite(p):
-                ps.append(p)
-            if q is not None:
-                ss.append(q)
-        return {"val_psnr": float(np.mean(ps)) if ps else None, "val_ssim": float(np.mean(ss)) if ss else None}
+        return metric_range(self.norm)
 
     @torch.no_grad()
     def validate(self, base: bool = False) -> dict:
@@ -329,7 +311,7 @@ class LdmTrainer:
                 hr = self.norm.forward(torch.from_numpy(s.hr)[None].to(self.device))
                 rec = self.ema.decode(self.ema.encode(hr)) if not base else hr
                 preds.append(self.norm.inverse(rec)[0].cpu().numpy())
-            return self._score(preds)
+            return score(self.norm, self.val, preds)
         v = self.cfg.validation
         model = self.sampling_model(Sampling(steps=v.steps, samples=v.samples, consistency="off"))
         for s in self.val:
@@ -339,7 +321,7 @@ class LdmTrainer:
             else:
                 y = model.predict(lr, self.scale)
             preds.append(y[0].float().cpu().numpy())
-        return self._score(preds)
+        return score(self.norm, self.val, preds)
 
     def sampling_model(self, sampling: Sampling) -> DiffusionModel:
         meta, _ = self.model()
@@ -349,12 +331,7 @@ class LdmTrainer:
 
     # -- checkpoints
     def save_checkpoint(self) -> Path:
-        root = self.cfg.output_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step_{self.step:07d}"
-        final, tmp = root / name, root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        final, tmp = open_checkpoint(self.cfg.output_dir, self.step)
         _save_tensors(self.net.state_dict(), tmp / "net.safetensors")
         _save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
         tensors, optim = _flatten_optim(self.opt)
@@ -364,23 +341,10 @@ class LdmTrainer:
                  "elapsed": self.elapsed, "sampler_rng": self.sampler.state(), "optim": optim,
                  "latent_scale": getattr(self, "latent_scale", None), "floor": getattr(self, "floor", None),
                  "config": self.cfg.model_dump(mode="json")}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        (root / "latest.txt").write_text(name + "\n")
-        for p in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(p, ignore_errors=True)
-        return final
+        return commit_checkpoint(final, tmp, state)
 
     def load_checkpoint(self, directory) -> Path:
-        d = Path(directory)
-        if (d / "checkpoints" / "latest.txt").is_file():
-            d = d / "checkpoints"
-        if (d / "latest.txt").is_file():
-            d = d / (d / "latest.txt").read_text().strip()
-        if not (d / "state.json").is_file():
-            raise HiresError(f"--resume {directory}: no checkpoint there (state.json missing)")
-        state = json.loads((d / "state.json").read_text())
+        d, state = find_checkpoint(directory)
         if state.get("stage") != self.cfg.stage:
             raise HiresError(f"--resume {d}: a '{state.get('stage')}' checkpoint, the config is stage '{self.cfg.stage}'")
         try:

@@ -93,6 +93,67 @@ def _unflatten_optim(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def open_checkpoint(output_dir: Path, step: int) -> tuple[Path, Path]:
+    """(final, temporary) directories for the checkpoint of ``step``; write into the temporary one,
+    then ``commit_checkpoint``."""
+    root = Path(output_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    final, tmp = root / name, root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return final, tmp
+
+
+def commit_checkpoint(final: Path, tmp: Path, state: dict) -> Path:
+    """Write ``state.json``, rename the checkpoint into place, point latest.txt at it, keep the newest few."""
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    root = final.parent
+    (root / "latest.txt").write_text(final.name + "\n")
+    for p in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(directory) -> tuple[Path, dict]:
+    """A run directory, its checkpoints/ or one checkpoint → (checkpoint directory, its state)."""
+    d = Path(directory)
+    if (d / "checkpoints" / "latest.txt").is_file():
+        d = d / "checkpoints"
+    if (d / "latest.txt").is_file():
+        d = d / (d / "latest.txt").read_text().strip()
+    if not (d / "state.json").is_file():
+        raise HiresError(f"--resume {directory}: no checkpoint there (state.json missing)")
+    return d, json.loads((d / "state.json").read_text())
+
+
+def metric_units(norm: Normaliser, x: np.ndarray) -> np.ndarray:
+    """Physical -> metric units: CT HU clipped to −1024..3071 (range 4095); reflectance (range 1)."""
+    if norm.kind == "hu":
+        return np.clip(x, *norm.clip)
+    return norm.forward(torch.from_numpy(x)[None])[0].numpy()
+
+
+def metric_range(norm: Normaliser) -> float:
+    return norm.clip[1] - norm.clip[0] if norm.kind == "hu" else 1.0
+
+
+def score(norm: Normaliser, items, preds) -> dict:
+    """Mean PSNR/SSIM of ``preds`` (physical units) against the items' HR, in metric units with an
+    explicit range, over their valid pixels."""
+    ps, ss, rng = [], [], metric_range(norm)
+    for s, pred in zip(items, preds):
+        a, r = metric_units(norm, pred), metric_units(norm, s.hr)
+        p, q = psnr(a, r, rng, s.valid).value, ssim(a, r, rng, s.valid).value
+        if p is not None and math.isfinite(p):
+            ps.append(p)
+        if q is not None:
+            ss.append(q)
+    return {"val_psnr": float(np.mean(ps)) if ps else None, "val_ssim": float(np.mean(ss)) if ss else None}
+
+
 # ---------------------------------------------------------------- pieces
 
 
@@ -257,21 +318,15 @@ class Trainer:
             e.copy_(b)
 
     # -- validation
-    def _metric_units(self, x: np.ndarray) -> np.ndarray:
-        """Physical -> metric units: CT HU clipped to −1024..3071 (range 4095); reflectance (range 1)."""
-        if self.norm.kind == "hu":
-            return np.clip(x, *self.norm.clip)
-        return self.norm.forward(torch.from_numpy(x)[None])[0].numpy()
-
     @property
     def metric_range(self) -> float:
-        return self.norm.clip[1] - self.norm.clip[0] if self.norm.kind == "hu" else 1.0
+        return metric_range(self.norm)
 
     @torch.no_grad()
     def validate(self, net: torch.nn.Module | None = None) -> dict:
         """Mean PSNR/SSIM over the validation items (physical units -> metric units, explicit range);
         ``net`` None scores the base path (bicubic, identity at x1)."""
-        ps, ss = [], []
+        preds = []
         for s in self.val:
             lr = self.norm.forward(torch.from_numpy(s.lr)[None].to(self.device))
             if net is None:
@@ -279,15 +334,8 @@ class Trainer:
             else:
                 net.eval()
                 y = net(lr)
-            pred = self.norm.inverse(y)[0].float().cpu().numpy()
-            a, r = self._metric_units(pred), self._metric_units(s.hr)
-            p = psnr(a, r, self.metric_range, s.valid).value
-            q = ssim(a, r, self.metric_range, s.valid).value
-            if p is not None and math.isfinite(p):
-                ps.append(p)
-            if q is not None:
-                ss.append(q)
-        return {"val_psnr": float(np.mean(ps)) if ps else None, "val_ssim": float(np.mean(ss)) if ss else None}
+            preds.append(self.norm.inverse(y)[0].float().cpu().numpy())
+        return score(self.norm, self.val, preds)
 
     # -- checkpoints
     def state_json(self) -> dict:
@@ -298,12 +346,7 @@ class Trainer:
                 "hires_domain_version": __version__, "torch_version": torch.__version__}
 
     def save_checkpoint(self) -> Path:
-        root = self.cfg.output_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step_{self.step:07d}"
-        final, tmp = root / name, root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        final, tmp = open_checkpoint(self.cfg.output_dir, self.step)
         _save_tensors(self.G.state_dict(), tmp / "generator.safetensors")
         _save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
         state = self.state_json()
@@ -316,24 +359,10 @@ class Trainer:
             _save_tensors(tensors, tmp / "optim_d.safetensors")
             state["optim_d"] = meta
         _save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        (root / "latest.txt").write_text(name + "\n")
-        old = sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
-        return final
+        return commit_checkpoint(final, tmp, state)
 
     def load_checkpoint(self, directory) -> Path:
-        d = Path(directory)
-        if (d / "checkpoints" / "latest.txt").is_file():
-            d = d / "checkpoints"
-        if (d / "latest.txt").is_file():
-            d = d / (d / "latest.txt").read_text().strip()
-        if not (d / "state.json").is_file():
-            raise HiresError(f"--resume {directory}: no checkpoint there (state.json missing)")
-        state = json.loads((d / "state.json").read_text())
+        d, state = find_checkpoint(directory)
         if state.get("generator") != self.G.hparams():
             raise HiresError(f"--resume {d}: checkpoint generator {state.get('generator')} differs from the "
                              f"config's {self.G.hparams()}")
