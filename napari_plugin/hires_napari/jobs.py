@@ -36,7 +36,7 @@ import queue
 import re
 import threading
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Generator, Sequence
 
 import numpy as np
@@ -285,7 +285,6 @@ class Job:
     settings: pipeline.Settings
     fingerprint: Fingerprint
     region: Region | None = None
-    options: dict = field(default_factory=dict)  # free-form extras (diffusion choices live in settings)
     others: tuple[Fingerprint, ...] = ()  # the other band layers of a band-set job
     note: str | None = None  # how the input differs from the model's training inputs (pipeline.domain_note)
 
@@ -334,7 +333,7 @@ class Cancelled(Exception):
 
 
 def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings, layer_id: int,
-            region: Region | None = None, geo=None, options: dict | None = None) -> Job:
+            region: Region | None = None, geo=None) -> Job:
     """Snapshot a layer for a run (call on the main thread); refuses what the run would refuse.
 
     The pixels (of ``region`` only, when given) are copied to a read-only float32 array, so
@@ -346,7 +345,7 @@ def capture(data, metadata: dict | None, name: str, settings: pipeline.Settings,
         if metadata.get("rgb_bands") is not None:
             raise HiresError(f"layer '{name}' is an RGB composite, for display only: enhance its band layers")
     snap = _snapshot(data, region, name)
-    return _job(name, layer_image(snap, metadata, name), settings, [fingerprint(layer_id, data, geo)], region, options)
+    return _job(name, layer_image(snap, metadata, name), settings, [fingerprint(layer_id, data, geo)], region)
 
 
 def band_sets(entries: Sequence[tuple[str, dict | None]]) -> dict[str, list[str]]:
@@ -369,8 +368,8 @@ def band_sets(entries: Sequence[tuple[str, dict | None]]) -> dict[str, list[str]
     return out
 
 
-def capture_bands(members: Sequence[tuple], name: str, settings: pipeline.Settings, region: Region | None = None,
-                  options: dict | None = None) -> Job:
+def capture_bands(members: Sequence[tuple], name: str, settings: pipeline.Settings,
+                  region: Region | None = None) -> Job:
     """Snapshot every band layer of one raster as one multi-band input (main thread).
 
     ``members``: ``(data, metadata, layer_id, geo)`` per band layer in band order, as ``band_sets``
@@ -389,7 +388,7 @@ def capture_bands(members: Sequence[tuple], name: str, settings: pipeline.Settin
     stack.flags.writeable = False
     image = replace(metas[0][layers.META], data=stack)
     fps = [fingerprint(layer_id, data, geo) for data, _, layer_id, geo in members]
-    return _job(name, image, settings, fps, region, options)
+    return _job(name, image, settings, fps, region)
 
 
 def _snapshot(data, region: Region | None, name: str) -> np.ndarray:
@@ -402,8 +401,8 @@ def _snapshot(data, region: Region | None, name: str) -> np.ndarray:
     return snap
 
 
-def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerprint], region: Region | None,
-         options: dict | None) -> Job:
+def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerprint],
+         region: Region | None) -> Job:
     if region is not None:
         image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
     model = get_model(settings.model)
@@ -414,7 +413,7 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
     tiling.resolve_device(settings.device)
     pipeline.check_size(image, settings.scale)
     note = pipeline.domain_note(image, model, settings.strict)  # once, on the snapshot; strict refuses here
-    return Job(name, image, settings, fps[0], region, dict(options or {}), tuple(fps[1:]), note)
+    return Job(name, image, settings, fps[0], region, tuple(fps[1:]), note)
 
 
 def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int, int], None, Outcome]:
