@@ -74,11 +74,17 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
             scale: Optional[int] = typer.Option(
                 None, help="in-plane scale factor [default: the model's own; 2 for the baselines]"),
-            tile: int = typer.Option(256, help="tile size in input pixels"),
+            tile: Optional[int] = typer.Option(
+                None, help="tile size in input pixels [default: the largest that fits the memory budget]"),
             overlap: Optional[int] = typer.Option(
-                None, help="blending overlap between tiles, input pixels [default: min(32, tile/4)]"),
-            batch_size: int = typer.Option(4, help="tiles per model call"),
+                None, help="blending overlap between tiles, input pixels [default: 0 where tiles are exact "
+                           "(the halo covers the model's receptive field), else min(32, tile/4)]"),
+            batch_size: Optional[int] = typer.Option(None, help="tiles per model call [default: 1 on CPU, "
+                                                               "what fits on a GPU]"),
             device: str = typer.Option("auto", help=DEVICE_HELP),
+            precision: str = typer.Option(
+                "auto", help="auto, fp32, bf16 or fp16; auto = bf16/fp16 where the device is fast at it and the "
+                             "model was checked against fp32 on held-out data, else fp32"),
             series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
             cog: bool = typer.Option(False, "--cog", help="write a Cloud Optimized GeoTIFF"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
@@ -107,9 +113,7 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
 
-    if overlap is None:
-        overlap = min(32, tile // 4)
-    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict,
+    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, precision=precision,
                         strength=1.0 if strength is None else strength, steps=steps, seed=seed, samples=samples,
                         sampler=sampler, consistency=consistency, temperature=temperature,
                         sample_output=sample_output,
@@ -126,7 +130,7 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
     if not quiet:
         shape = lambda t: "x".join(map(str, t))  # noqa: E731
         out.print(f"wrote {s.output}: {shape(s.in_shape)} -> {shape(s.out_shape)} "
-                  f"({s.model} x{s.scale}, {s.device}, {s.seconds:.1f} s)")
+                  f"({s.model} x{s.scale}, {s.device} {s.precision}, {s.seconds:.1f} s)")
         if uncertainty is not None:
             out.print(f"wrote {uncertainty}: per-pixel standard deviation over {settings.sampling.samples} sample(s)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import os
 import shutil
 import time
 import warnings
@@ -14,6 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import psutil
+import torch
 
 from . import __version__, geometry, io, tiling
 from .errors import HiresError
@@ -22,6 +24,7 @@ from .intensity import HU_PADDING_BELOW
 from .models import Model, get_model, resolve_scale
 from .models import domain as input_domain
 from .models.ldm import is_diffusion, sampling_for
+from .precision import check_precision, resolve_precision
 
 Progress = Callable[[int, int], None]
 GIB = 1024**3
@@ -30,14 +33,15 @@ MAX_TIFF_SIDE = 2**31 - 1
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user asked for; ``describe`` goes into the output's provenance. ``scale=None``
-    means the model's own scale (its only one; 2 for the baselines)."""
+    """What the user asked for. ``None`` means automatic: ``scale`` the model's own (its only
+    one; 2 for the baselines), ``tile``/``overlap``/``batch_size`` sized to the model, device
+    and memory (``auto_tiling``). ``resolve_run`` turns settings into what actually runs."""
 
     model: str = "bicubic"
     scale: int | None = None
-    tile: int = 256
-    overlap: int = 32
-    batch_size: int = 4
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
     device: str = "auto"
     strict: bool = False  # refuse inputs unlike the model's training inputs (check_domain)
     strength: float = 1.0  # x1 (denoising) models: output = input + strength * (model - input)
@@ -50,21 +54,116 @@ class Settings:
     temperature: float | None = None  # scale of the initial noise (below 1: samples nearer the mean)
     sample_output: bool = False  # one sample instead of the mean of the samples
     uncertainty: bool = False  # also produce the per-pixel std over the samples
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (precision.py)
 
     def __post_init__(self):
         object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
         object.__setattr__(self, "strength", check_strength(self.strength, self.model, self.scale))
         object.__setattr__(self, "sampling", check_sampling(self))
+        check_tiling(self.tile, self.overlap, self.batch_size)
+        check_precision(self.precision)
 
-    def describe(self) -> str:
+    def describe(self, tile=None, overlap=None, precision=None) -> str:
+        """The request in one line (``Run.describe`` fills in the resolved tiling and precision)."""
+        auto = lambda given, resolved: resolved if resolved is not None else "auto" if given is None else given  # noqa: E731
         strength = f" strength={self.strength:g}" if self.scale == 1 else ""
         d = self.sampling
         diffusion = "" if d is None else (
             f" steps={d.steps} seed={d.seed} samples={d.samples} sampler={d.sampler} consistency={d.consistency}"
             f"{'' if d.temperature is None else f' temperature={d.temperature:g}'}"
             f"{' output=sample' if d.sample_output else ''}")
-        return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
-                f"tile={self.tile} overlap={self.overlap}{strength}{diffusion}")
+        return (f"hires-domain {__version__} model={self.model} scale={self.scale}{strength} "
+                f"tile={auto(self.tile, tile)} overlap={auto(self.overlap, overlap)} "
+                f"precision={precision or self.precision}{diffusion}")
+
+
+def check_tiling(tile: int | None, overlap: int | None, batch_size: int | None) -> None:
+    """One-line HiresError for a tile, overlap or batch size that cannot work (None = automatic)."""
+    if tile is not None and tile < 1 or overlap is not None and overlap < 0 or batch_size is not None and batch_size < 1:
+        raise HiresError(f"need tile >= 1, overlap >= 0 and batch size >= 1, got tile={tile} overlap={overlap} "
+                         f"batch size={batch_size}")
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise HiresError(f"need overlap < tile, got tile={tile} overlap={overlap}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Settings resolved once for one image: the model instance, device, precision, tiling and
+    per-axis factors that every later step uses; ``describe`` is the output's provenance."""
+
+    settings: Settings
+    model: Model
+    device: torch.device
+    precision: str
+    tile: int
+    overlap: int
+    batch_size: int
+    factors: tuple[int, ...]
+
+    def describe(self) -> str:
+        return self.settings.describe(self.tile, self.overlap, self.precision)
+
+
+TILE_BUDGET = 768 * 1024**2  # activation memory of one model call, at most (CPU)
+TILE_RANGE = (64, 1024)  # automatic tiles: multiples of 64 input pixels (whole output blocks)
+
+
+def auto_tiling(model: Model, device: torch.device, spatial: tuple[int, ...]) -> tuple[int, int, int]:
+    """(tile, overlap, batch) for ``model`` at its run precision: the largest tile (a multiple
+    of 64) whose model call with halo fits the memory budget (``TILE_BUDGET`` or a quarter of the
+    free memory on CPU, half the free GPU memory on CUDA), no blending overlap when tiles are
+    exact (the halo covers the receptive field), and on CUDA as many tiles per call as fit.
+    Diffusion models keep 256 / 32 (their samples are blended across tiles)."""
+    if not model.exact_tiles:
+        return 256, 32, 1
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] / 2
+    else:
+        budget = min(TILE_BUDGET, psutil.virtual_memory().available / 4)
+    per_pixel, h = model.activation_bytes(), model.info.halo
+    lo, hi = TILE_RANGE
+    side = max(spatial[-2:])
+    tile = max(lo, min(hi, -(-side // lo) * lo))
+    while tile > lo and (tile + 2 * h) ** 2 * per_pixel > budget:
+        tile -= lo
+    batch = 1
+    if device.type == "cuda":
+        batch = int(max(1, min(16, budget // ((tile + 2 * h) ** 2 * per_pixel))))
+    return tile, 0, batch
+
+
+def resolve_run(image: Image, s: Settings) -> Run:
+    """Check the model against the image and resolve device, precision and tiling, once."""
+    model = get_model(s.model)
+    model.check(s.scale, image.channels, domain_of(image))
+    device = tiling.resolve_device(s.device)
+    model.precision = resolve_precision(s.precision, model, device)
+    if s.sampling is not None:
+        model.with_sampling(s.sampling)
+    tile, overlap, batch = auto_tiling(model, device, image.spatial_shape)
+    if s.tile is not None:
+        tile = s.tile
+        if s.overlap is None:
+            overlap = 0 if model.exact_tiles else min(32, tile // 4)
+    overlap = overlap if s.overlap is None else s.overlap
+    check_tiling(tile, overlap, s.batch_size)
+    use_threads(device)
+    return Run(s, model, device, model.precision, tile, overlap, batch if s.batch_size is None else s.batch_size,
+               inplane_factors(image, s.scale))
+
+
+def use_threads(device: torch.device) -> None:
+    """Torch's CPU threads = the cores this process may use (affinity and cgroup quota), unless
+    the user set OMP_NUM_THREADS."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
 
 
 DIFFUSION_ONLY = ("steps", "seed", "samples", "sampler", "consistency", "temperature")
@@ -112,6 +211,7 @@ class Summary:
     seconds: float
     device: str
     clipped: int = 0
+    precision: str = "fp32"
     notes: list = field(default_factory=list)
 
 
@@ -125,26 +225,22 @@ def output_block(scale: int) -> int:
     return 64 * scale
 
 
-def _plan(image: Image, model: Model, s: Settings, block: int | None = None) -> tuple[tiling.TileSpec, Callable]:
+def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.TileSpec, Callable]:
     """TileSpec over the image's spatial axes; a 2-D model runs slice by slice on volumes.
 
     ``block``: the writer's output block size; tiles then start on multiples of block/scale so
     that finished cells are whole blocks (written once, without buffering). CT (HU) outputs are
     floored at −1024 HU: lower values are padding by convention (intensity.mark_ct_padding).
     """
-    model.check(s.scale, image.channels, domain_of(image))
-    if s.tile < 1 or s.overlap < 0 or s.overlap >= s.tile:
-        raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={s.tile} overlap={s.overlap}")
+    s, model = run.settings, run.model
     lead = len(image.spatial_shape) - 2
     h = model.info.halo
     a = block // s.scale if block and block % s.scale == 0 else 1
     spec = tiling.TileSpec(
-        tile=(1,) * lead + (s.tile, s.tile), overlap=(0,) * lead + (s.overlap, s.overlap),
+        tile=(1,) * lead + (run.tile, run.tile), overlap=(0,) * lead + (run.overlap, run.overlap),
         halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))
 
     floor = HU_PADDING_BELOW if image.units == "HU" else None
-    if s.sampling is not None:
-        model.with_sampling(s.sampling)
 
     def predict(x, origins=None):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
@@ -209,23 +305,24 @@ def check_domain(image: Image, model: Model, strict: bool = False) -> str | None
     return note
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings,
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run,
                  on_step: Progress | None = None) -> Iterator[tuple[int, int]]:
     """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total) tiles. The caller
-    runs the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari).
+    runs the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari), and
+    may pass the ``Run`` it resolved (Settings are resolved here otherwise).
 
     Diffusion models: ``sink`` receives the output channels followed, with ``s.uncertainty``, by
     the per-pixel standard deviation (``tiling.SplitSink`` separates them); ``on_step(done,
     total)`` counts denoising steps over all tiles, and raising in it stops within one step."""
-    model = get_model(s.model)
-    spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
+    run = s if isinstance(s, Run) else resolve_run(image, s)
+    s = run.settings
+    spec, predict = _plan(image, run, block=getattr(sink, "block", None))
     if s.sampling is not None and on_step is not None:
         total = len(tiling.TilePlan(tuple(image.spatial_shape), spec).tiles()) * s.sampling.steps
         done = itertools.count(1)
-        model.on_step = lambda step, steps: on_step(next(done), total)
-    device = tiling.resolve_device(s.device)
+        run.model.on_step = lambda step, steps: on_step(next(done), total)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
-    yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
+    yield from tiling.iter_tiled(source, sink, predict, spec, run.batch_size, run.device)
 
 
 def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
@@ -234,11 +331,14 @@ def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
             progress(done, total)
 
 
-def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int = 256, overlap: int = 32,
-            batch_size: int = 4, device: str = "auto", progress: Progress | None = None, strict: bool = False,
-            strength: float = 1.0, **diffusion):
+def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile: int | None = None,
+            overlap: int | None = None, batch_size: int | None = None, device: str = "auto",
+            progress: Progress | None = None, strict: bool = False, strength: float = 1.0,
+            precision: str = "auto", **diffusion):
     """Super-resolve ``image`` in memory; returns an Image on the refined grid, metadata kept.
-    ``scale=None``: the model's own scale (its only one; 2 for the baselines).
+    ``scale=None``: the model's own scale (its only one; 2 for the baselines); ``tile``,
+    ``overlap``, ``batch_size`` None: sized automatically (``auto_tiling``); ``precision``: auto,
+    fp32, bf16 or fp16 (``precision.py``).
 
     An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
     with ``strict`` a HiresError. ``strength`` (x1 models, 0..1): output = input + strength ×
@@ -246,37 +346,38 @@ def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile
     ``samples``, ``sampler``, ``consistency``, ``sample_output`` and ``uncertainty`` (see
     ``Settings``); with ``uncertainty=True`` the result is ``(image, std_image)``, the second
     the per-pixel standard deviation over the samples on the same grid."""
-    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength, **diffusion)
-    m = get_model(model)
-    m.check(s.scale, image.channels, domain_of(image))
-    check_domain(image, m, strict)
-    result, std = _enhance_checked(image, s, progress)
+    s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength,
+                 precision=precision, **diffusion)
+    run = resolve_run(image, s)
+    check_domain(image, run.model, strict)
+    result, std = _enhance_checked(image, run, progress)
     return (result, std) if s.uncertainty else result
 
 
-def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> tuple[Image, Image | None]:
+def _enhance_checked(image: Image, run: Run, progress: Progress | None) -> tuple[Image, Image | None]:
     """``enhance`` after the model and domain checks: the result and, with ``s.uncertainty``,
     the uncertainty image."""
+    s = run.settings
     out = check_size(image, s.scale)
     fill = np.nan if image.nodata is None else image.nodata
     sink = tiling.ArraySink((image.channels, *out), fill=fill)
     extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
     target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
-    _drain(iter_enhance(image, target, s, on_step=progress if s.sampling is not None else None),
+    _drain(iter_enhance(image, target, run, on_step=progress if s.sampling is not None else None),
            None if s.sampling is not None else progress)
-    factors = inplane_factors(image, s.scale)
-    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": s.describe()})
+    result = image.with_data(sink.array, factors=run.factors, meta={**image.meta, "provenance": run.describe()})
     if extra is None:
         return result, None
-    std = image.with_data(extra.array, factors=factors,
-                          meta={**image.meta, "provenance": uncertainty_description(s), "nodata": None,
+    std = image.with_data(extra.array, factors=run.factors,
+                          meta={**image.meta, "provenance": uncertainty_description(run), "nodata": None,
                                 "dtype": "float32"})
     std.nodata = None
     return result, std
 
 
-def uncertainty_description(s: Settings) -> str:
-    return f"{s.describe()} output=uncertainty (per-pixel standard deviation over {s.sampling.samples} sample(s))"
+def uncertainty_description(run: Run) -> str:
+    return (f"{run.describe()} output=uncertainty (per-pixel standard deviation over "
+            f"{run.settings.sampling.samples} sample(s))")
 
 
 def enhance_file(src, dst, settings: Settings = Settings(), series: str | None = None,
@@ -310,10 +411,8 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
             raise HiresError(f"--uncertainty {unc} is the output path: choose another")
     if cog and kind != "raster":
         raise HiresError("--cog applies to GeoTIFF output only")
-    model = get_model(settings.model)
-    model.check(settings.scale, image.channels, domain_of(image))
-    note = check_domain(image, model, settings.strict)  # before any output exists
-    device = tiling.resolve_device(settings.device)
+    run = resolve_run(image, settings)
+    note = check_domain(image, run.model, settings.strict)  # before any output exists
     start = time.perf_counter()
     clipped = 0
     diffusion = settings.sampling is not None
@@ -322,32 +421,32 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
         from .io.raster import RasterSink
 
         out = check_size(image, settings.scale, streamed_to=dst)
-        affine = geometry.upscaled_affine(image.affine, inplane_factors(image, settings.scale))
+        affine = geometry.upscaled_affine(image.affine, run.factors)
         shape, block = (image.channels, *out), output_block(settings.scale)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(io.atomic_output(dst))
             meta = {**image.meta, "nodata": image.nodata}
             sink = stack.enter_context(RasterSink(tmp, shape, affine, meta, crs=image.crs,
-                                                  provenance=settings.describe(), cog=cog, block=block))
+                                                  provenance=run.describe(), cog=cog, block=block))
             target = sink
             if unc is not None:
                 unc_tmp = stack.enter_context(io.atomic_output(unc))
                 unc_meta = {**image.meta, "nodata": None, "dtype": "float32"}
                 extra = stack.enter_context(RasterSink(unc_tmp, shape, affine, unc_meta, crs=image.crs,
-                                                       provenance=uncertainty_description(settings), cog=cog,
+                                                       provenance=uncertainty_description(run), cog=cog,
                                                        block=block))
                 target = tiling.SplitSink(sink, extra, image.channels)
-            _drain(iter_enhance(image, target, settings, on_step=steps), tiles)
+            _drain(iter_enhance(image, target, run, on_step=steps), tiles)
         clipped = sink.clipped
     else:
-        result, std = _enhance_checked(image, settings, progress)
+        result, std = _enhance_checked(image, run, progress)
         out = result.spatial_shape
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(io.atomic_output(dst, is_dir=kind == "dicom"))
-            io.write_to(result, tmp, kind, description=settings.describe())
+            io.write_to(result, tmp, kind, description=run.describe())
             if unc is not None:
                 unc_tmp = stack.enter_context(io.atomic_output(unc, is_dir=kind == "dicom"))
-                io.write_to(std, unc_tmp, kind, description=uncertainty_description(settings))
+                io.write_to(std, unc_tmp, kind, description=uncertainty_description(run))
     return Summary(str(src), str(dst), settings.model, settings.scale, image.shape,
-                   (image.channels, *out), time.perf_counter() - start, str(device), clipped,
-                   notes=[note] if note else [])
+                   (image.channels, *out), time.perf_counter() - start, str(run.device), clipped,
+                   notes=[note] if note else [], precision=run.precision)

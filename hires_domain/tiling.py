@@ -20,8 +20,10 @@ when the input pixel under its centre is valid; invalid output pixels get the si
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterator, Protocol
@@ -381,35 +383,82 @@ def iter_tiled(
 
     ``predict`` maps a float32 tensor ``(B, C, *tile)`` on ``device`` to
     ``(B, C_out, *tile·scale)``; one with ``wants_origin = True`` also gets each read window's
-    global start (a list of tuples), for models whose output depends on position (diffusion noise). Being a generator, the caller can stop between batches
-    (the napari worker cancels this way). After the last tile ``sink.finish()`` checks that
-    every output pixel was written exactly once.
+    global start (a list of tuples), for models whose output depends on position (diffusion
+    noise). The next batch is read (and nodata filled, and pinned for a GPU) in a helper
+    thread while the model runs, and finished cells are written by another (``WriteBehind``),
+    so file I/O and compression overlap compute. Being a generator, the caller can stop between
+    batches (the napari worker cancels this way); both helpers are stopped before it returns.
+    After the last tile ``sink.finish()`` checks that every output pixel was written exactly once.
     """
     device = torch.device(device)
     plan = TilePlan(tuple(source.shape[1:]), spec)
     remaining = plan.coverage.copy()
     cells: dict[tuple[int, ...], list] = {}
-    tiles = plan.tiles()
-    done = 0
-    for batch in _batches(plan, tiles, batch_size):
-        inputs, valids = [], []
-        for t in batch:
-            data, valid = source.read(plan.read_region(t))
-            inputs.append(fill_invalid(data, valid))
-            valids.append(valid)
-        with torch.inference_mode():
-            x = torch.from_numpy(np.stack(inputs)).to(device)
-            if getattr(predict, "wants_origin", False):
-                y = predict(x, [tuple(r.start for r in plan.read_region(t)) for t in batch])
-            else:
-                y = predict(x)
-            y = y.float().cpu().numpy()
-        for t, pred, valid in zip(batch, y, valids):
-            _blend_tile(plan, t, pred, valid, cells, remaining, sink)
-        done += len(batch)
-        if done == len(tiles):
-            sink.finish()
-        yield done, len(tiles)
+    batches = list(_batches(plan, plan.tiles(), batch_size))
+    total, done = sum(map(len, batches)), 0
+    pin = device.type == "cuda"
+    with ThreadPoolExecutor(1, thread_name_prefix="hires-read") as reader, WriteBehind(sink) as writer:
+        ahead = reader.submit(_read_batch, source, plan, batches[0], pin) if batches else None
+        for i, batch in enumerate(batches):
+            x, valids = ahead.result()
+            if i + 1 < len(batches):
+                ahead = reader.submit(_read_batch, source, plan, batches[i + 1], pin)
+            with torch.inference_mode():
+                x = x.to(device, non_blocking=pin)
+                if getattr(predict, "wants_origin", False):
+                    y = predict(x, [tuple(r.start for r in plan.read_region(t)) for t in batch])
+                else:
+                    y = predict(x)
+                y = y.float().cpu().numpy()
+            for t, pred, valid in zip(batch, y, valids):
+                _blend_tile(plan, t, pred, valid, cells, remaining, writer)
+            done += len(batch)
+            if done == total:
+                writer.finish()
+            yield done, total
+
+
+def _read_batch(source: Source, plan: TilePlan, batch, pin: bool) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Read a batch's windows (with halo), fill invalid pixels, stack; pinned for a GPU copy."""
+    inputs, valids = [], []
+    for t in batch:
+        data, valid = source.read(plan.read_region(t))
+        inputs.append(fill_invalid(data, valid))
+        valids.append(valid)
+    x = torch.from_numpy(np.stack(inputs))
+    return (x.pin_memory() if pin else x), valids
+
+
+class WriteBehind:
+    """``Sink`` writes in one background thread, in order, so compression and disk I/O overlap
+    the model; at most ``depth`` writes wait (bounded memory). A write's error is raised by the
+    next ``write`` or by ``finish``; leaving the context drops queued writes and joins the thread,
+    so the caller may close the sink right after."""
+
+    def __init__(self, sink: Sink, depth: int = 4):
+        self.sink, self.depth = sink, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hires-write")
+        self.pending: collections.deque = collections.deque()
+
+    def write(self, region: Region, data: np.ndarray, valid: np.ndarray) -> None:
+        self._reap(self.depth - 1)
+        self.pending.append(self.pool.submit(self.sink.write, region, data, valid))
+
+    def _reap(self, keep: int) -> None:
+        while self.pending and (len(self.pending) > keep or self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def finish(self) -> None:
+        self._reap(0)
+        self.sink.finish()
+
+    def __enter__(self) -> "WriteBehind":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def _batches(plan: TilePlan, tiles, batch_size: int):
@@ -438,12 +487,15 @@ def _blend_tile(plan, t, pred, valid, cells, remaining, sink) -> None:
     for cell in itertools.product(*(a.cells(i) for a, i in zip(plan.axes, t))):
         region = plan.cell_region(cell)
         local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
+        remaining[cell] -= 1
+        if remaining[cell] == 0 and cell not in cells:  # this tile's alone: its weights are 1 here
+            sink.write(region, core[(slice(None), *local)], vcore[local])
+            continue
         contribution = w[local] * core[(slice(None), *local)]
         if cell in cells:
             cells[cell][0] += contribution
         else:
             cells[cell] = [contribution, vcore[local]]
-        remaining[cell] -= 1
         if remaining[cell] == 0:
             num, valid = cells.pop(cell)
             sink.write(region, num / plan.weight_total(region), valid)

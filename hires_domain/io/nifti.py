@@ -135,6 +135,8 @@ def write_nifti(image: Image, path: Path, description: str = "") -> None:
         header["descrip"] = description[:79].encode()
     img = nib.Nifti1Image(data, affine, header) if not isinstance(header, nib.Nifti2Header) \
         else nib.Nifti2Image(data, affine, header)
+    if len(description) > 79:  # descrip holds 79 characters: the whole provenance in a comment extension
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", description.encode()))
     img.set_qform(affine, code=meta.get("qform_code", 1))
     img.set_sform(affine, code=meta.get("sform_code", 1))
     nib.save(img, str(path))

@@ -34,6 +34,15 @@ class Model:
 
     info: ModelInfo
     input_domain: dict | None = None  # what a trained model's inputs looked like (models/domain.py)
+    exact_tiles = True  # the halo covers the receptive field: tiles equal the whole image, no blending needed
+    reduced_precision = False  # a network that can run under bf16/fp16 autocast (precision.py)
+    precision_checks: dict | None = None  # held-out reduced-precision checks from the model JSON
+    precision = "fp32"  # set for a run by pipeline.resolve_run
+
+    def activation_bytes(self) -> float:
+        """Estimated peak memory per input pixel of one forward pass at ``self.precision``
+        (sizes the automatic tile): input and output planes, float32."""
+        return 4.0 * 3 * (self.info.bands or 1) * (1 + max(self.info.scales) ** 2)
 
     def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         raise NotImplementedError

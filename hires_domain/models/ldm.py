@@ -84,7 +84,12 @@ def scale_map(mean: torch.Tensor, scale: int, floor: float | None) -> torch.Tens
 
 
 class DiffusionModel(NeuralModel):
-    """An LR-conditioned latent diffusion model loaded from its JSON and safetensors."""
+    """An LR-conditioned latent diffusion model loaded from its JSON and safetensors. It runs in
+    fp32 (no reduced-precision check yet), and its outer tiles are blended (noise and joint
+    denoising make a tile's samples depend on its extent)."""
+
+    exact_tiles = False
+    reduced_precision = False
 
     def __init__(self, json_path, meta: dict | None = None):
         super().__init__(json_path, meta)

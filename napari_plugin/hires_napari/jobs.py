@@ -405,14 +405,9 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
          region: Region | None) -> Job:
     if region is not None:
         image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
-    model = get_model(settings.model)
-    model.check(settings.scale, image.channels, pipeline.domain_of(image))
-    if settings.tile < 1 or settings.overlap < 0 or settings.overlap >= settings.tile:
-        raise HiresError(f"need tile >= 1 and 0 <= overlap < tile, got tile={settings.tile} "
-                         f"overlap={settings.overlap}")
-    tiling.resolve_device(settings.device)
+    run = pipeline.resolve_run(image, settings)  # model, scale, bands, device, precision, tiling
     pipeline.check_size(image, settings.scale)
-    note = pipeline.domain_note(image, model, settings.strict)  # once, on the snapshot; strict refuses here
+    note = pipeline.domain_note(image, run.model, settings.strict)  # once, on the snapshot; strict refuses here
     return Job(name, image, settings, fps[0], region, tuple(fps[1:]), note)
 
 
@@ -429,25 +424,26 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
     """
     image, s = job.image, job.settings
     try:
+        resolved = pipeline.resolve_run(image, s)  # on the worker: the model loads here
         out = pipeline.check_size(image, s.scale)
         fill = np.nan if image.nodata is None else image.nodata
         sink = tiling.ArraySink((image.channels, *out), fill=fill)
         extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
         target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
         if getattr(s, "sampling", None) is not None:
-            yield from _denoising_steps(image, target, s, cancel)
+            yield from _denoising_steps(image, target, resolved, cancel)
         else:
-            yield from pipeline.iter_enhance(image, target, s)  # the domain was checked at capture
+            yield from pipeline.iter_enhance(image, target, resolved)  # the domain was checked at capture
     except Cancelled:
         return Outcome(job, cancelled=True)
     except HiresError as e:
         return Outcome(job, error=str(e))
-    factors = pipeline.inplane_factors(image, s.scale)
-    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": s.describe()})
+    factors = resolved.factors
+    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": resolved.describe()})
     std = None
     if extra is not None:
         std = image.with_data(extra.array, factors=factors, nodata=None,
-                              meta={**image.meta, "provenance": pipeline.uncertainty_description(s),
+                              meta={**image.meta, "provenance": pipeline.uncertainty_description(resolved),
                                     "nodata": None, "dtype": "float32"})  # saved as float, not the input's ints
     return Outcome(job, image=result, uncertainty=std)
 
@@ -455,7 +451,7 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
 _END = object()
 
 
-def _denoising_steps(image: Image, sink, s: pipeline.Settings, cancel: threading.Event | None):
+def _denoising_steps(image: Image, sink, s: pipeline.Run, cancel: threading.Event | None):
     """``pipeline.iter_enhance`` of a diffusion model, yielding ``(done, total)`` per denoising
     step. The tiles run in a helper thread whose step callback hands each step over here and
     raises ``Cancelled`` once ``cancel`` is set or this generator is closed, so sampling stops
