@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: an installed build (CPU, CUDA or MPS) is kept; every other range admits it
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,napari]"
+	$(PY) -m pip install -q -e ".[test,napari,monai]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -37,7 +37,9 @@ test: setup sysdeps
 test-slow: setup sysdeps
 	$$($(XRUN)) $(PY) -m pytest -q -m slow
 
+# pipeline vs compute floor, previous release and MONAI (docs/performance.md); then memory flatness
 bench: setup
+	$(PY) benchmarks/compare_monai.py
 	$(PY) benchmarks/memory_streaming.py
 
 clean:

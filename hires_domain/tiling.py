@@ -435,7 +435,7 @@ class WriteBehind:
     next ``write`` or by ``finish``; leaving the context drops queued writes and joins the thread,
     so the caller may close the sink right after."""
 
-    def __init__(self, sink: Sink, depth: int = 4):
+    def __init__(self, sink: Sink, depth: int = 2):
         self.sink, self.depth = sink, depth
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hires-write")
         self.pending: collections.deque = collections.deque()

@@ -45,7 +45,8 @@ from hires_domain import geometry, metrics, pipeline, tiling
 from hires_domain.errors import HiresError
 from hires_domain.image import Image
 from hires_domain.intensity import CT_WINDOWS
-from hires_domain.models import ModelInfo, get_model, list_models
+from hires_domain.models import ModelInfo, available, get_model, list_models
+from hires_domain.precision import PRECISIONS  # noqa: F401  (the widget's precision choices)
 from hires_domain.models.ldm import DiffusionModel, Sampling, is_diffusion
 from hires_domain.models.ldm_sampling import SAMPLERS  # noqa: F401  (the widget's sampler choices)
 
@@ -226,6 +227,11 @@ def model_info(name: str) -> ModelInfo | None:
 def model_family(name: str) -> str:
     info = model_info(name)
     return info.family if info else ""
+
+
+def takes_precision(name: str) -> bool:
+    """A network that can run in bf16/fp16 (``precision.resolve_precision``); others run fp32."""
+    return name in available() and get_model(name).reduced_precision
 
 
 def takes_strength(name: str) -> bool:

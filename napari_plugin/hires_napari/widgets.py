@@ -118,6 +118,10 @@ class EnhanceWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(jobs.DEVICES)
         self.device_label = QLabel()
+        self.precision = QComboBox()
+        self.precision.addItems(jobs.PRECISIONS)
+        self.precision.setToolTip("auto: bf16/fp16 where the device is fast at it and the model was checked "
+                                  "against fp32 on held-out data, else fp32")
         # diffusion choices: bad values (0 steps or samples, a seed that is no integer) reach the
         # core's checks (ldm.Sampling) and come back as one-line errors, as other refusals do
         self.steps = QSpinBox(minimum=0, maximum=1000, value=20)
@@ -172,6 +176,7 @@ class EnhanceWidget(QWidget):
         form.addRow("overlap", self.overlap)
         form.addRow("device", self.device_combo)
         form.addRow("", self.device_label)
+        form.addRow("precision", self.precision)
         form.addRow(self.diffusion_label, self.diffusion_box)
         region = QHBoxLayout()
         region.addWidget(self.region_combo)
@@ -239,7 +244,8 @@ class EnhanceWidget(QWidget):
     def _on_model(self, name: str):
         """The scale follows the model: a scale it cannot do becomes its own (s2-sr-x4 → 4). The
         diffusion row shows, enabled, for diffusion models only, starting from the model's own
-        steps and sampler when it is chosen."""
+        steps and sampler when it is chosen. The precision is a choice for networks that can run
+        reduced precision only."""
         diffusion = jobs.model_family(name) == "diffusion"
         self.diffusion_label.setVisible(diffusion)
         self.diffusion_box.setVisible(diffusion)
@@ -254,6 +260,10 @@ class EnhanceWidget(QWidget):
         denoiser = jobs.takes_strength(name)
         self.strength_label.setVisible(denoiser)
         self.strength.setVisible(denoiser)
+        reduced = jobs.takes_precision(name)
+        self.precision.setEnabled(reduced)
+        if not reduced:
+            self.precision.setCurrentText("auto")  # fp32, the only precision of this model
         info = jobs.model_info(name)
         if info is not None and self.scale.value() not in info.scales:
             self.scale.setValue(info.default_scale)
@@ -289,6 +299,7 @@ class EnhanceWidget(QWidget):
                          "uncertainty": self.samples.value() > 1 and self.uncertainty.isChecked()}
         return Settings(model=name, scale=self.scale.value(), tile=self.tile.value(),
                         overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText(),
+                        precision=self.precision.currentText(),
                         strength=self.strength.value() if jobs.takes_strength(name) else 1.0, **diffusion)
 
     def add_composite(self):

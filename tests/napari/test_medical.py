@@ -96,3 +96,25 @@ def test_strength_only_for_x1_models_and_passed_to_the_job(viewer, tmp_path, qtb
     np.testing.assert_allclose(np.asarray(out.data), (np.asarray(ct.data) + full) / 2, atol=1e-2)
     w.model_combo.setCurrentText("bicubic")  # hidden again, and not applied to a x2 model
     assert w.strength.isHidden() and w.settings().strength == 1.0
+
+
+def test_precision_choice_for_networks_only(viewer, tmp_path, qtbot):
+    """Precision is a choice for networks (ct-sr-x2 runs bf16 when asked, and the result's
+    provenance says so); for a baseline the control is disabled at auto (fp32)."""
+    viewer.open(str(nifti_of("CT_small.dcm", tmp_path)), plugin=PLUGIN)
+    w = EnhanceWidget(viewer)
+    viewer.window.add_dock_widget(w, name="hires enhance")
+    w.device_combo.setCurrentText("cpu")
+    w.model_combo.setCurrentText("bicubic")
+    assert not w.precision.isEnabled() and w.precision.currentText() == "auto"
+    w.model_combo.setCurrentText("ct-sr-x2")
+    assert w.precision.isEnabled()
+    w.precision.setCurrentText("bf16")
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+    assert w.last_outcome == "added", w.status.text()
+    out = viewer.layers[-1]
+    assert "model=ct-sr-x2 scale=2 tile=256 overlap=32 precision=bf16" in \
+        layers.to_image(out.data, out.metadata).meta["provenance"]
+    w.model_combo.setCurrentText("nearest")
+    assert not w.precision.isEnabled() and w.precision.currentText() == "auto"

@@ -14,6 +14,7 @@ import pytest
 from hires_domain import __version__, metrics
 from hires_domain.models import _REGISTRY as REGISTRY
 from hires_domain.models import Model, ModelInfo
+from hires_domain.pipeline import resolve_run
 
 napari = pytest.importorskip("napari")
 
@@ -79,8 +80,8 @@ def test_saved_results_record_what_made_them(viewer, enhance, qtbot, tmp_path):
     w = enhance("nearest", tile=64, overlap=8)
     run_and_wait(qtbot, w)
     out = viewer.layers[-1]
-    expected = w.job.settings.describe()  # what `hires enhance` writes (pipeline.Settings.describe)
-    assert expected.startswith(f"hires-domain {__version__} model=nearest scale=2 tile=64 overlap=8")
+    expected = resolve_run(w.job.image, w.job.settings).describe()  # what `hires enhance` writes
+    assert expected == f"hires-domain {__version__} model=nearest scale=2 tile=64 overlap=8 precision=fp32"
 
     nii = tmp_path / "result.nii.gz"
     assert out.save(str(nii), plugin=PLUGIN) == [str(nii)]
@@ -219,3 +220,4 @@ def test_axis_labels_name_the_axes(viewer, enhance, qtbot, nifti_path, s2_path):
     run_and_wait(qtbot, w)
     assert viewer.layers[-1].axis_labels == ("y", "x")
     assert layers.axis_labels(layers.to_image(ct.data, ct.metadata)) == ("z", "y", "x")
+

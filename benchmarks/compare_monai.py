@@ -1,0 +1,253 @@
+"""Pipeline speed and memory against the model's own compute, the previous release and MONAI.
+
+    python benchmarks/compare_monai.py [--size 1024] [--large 4096] [--old REV] [--json OUT]
+
+One process tree: every variant runs in its own child process (time measured inside it, peak RSS
+= its ``ru_maxrss``), all in this run, on one machine:
+
+- ``whole``: the whole raster in one forward pass of the network (fp32, channels_last) — the
+  reference for pixel differences (outputs compared after rounding to the file's uint16);
+- ``floor``: the network alone over a non-overlapping tiling without halo (fp32, channels_last,
+  tile = the pipeline's fp32 tile): the compute floor;
+- ``old``: ``enhance_file`` of git revision ``--old`` (default: the last one before this
+  benchmark) at its defaults (tile 256, overlap 32, batch 4, fp32) — checked out with
+  ``git worktree`` into a temporary directory;
+- ``fp32`` / ``auto``: ``enhance_file`` at today's defaults with ``--precision fp32`` / ``auto``;
+- ``monai``: MONAI ``sliding_window_inference`` of the same predictor (fp32), roi 256,
+  overlap 0.125, gaussian blending, in memory; ``mem-256``: our tiler in memory with the same
+  roi (tile 256), overlap 32 and precision;
+- ``ct-floor`` / ``ct-fp32`` / ``ct-auto``: ``ct-sr-x2`` on a 512 × 512 × 16 CT volume (NIfTI, real
+  slices from pydicom-data);
+- ``auto@LARGE``: default settings on a LARGE² raster (peak RSS flat in image size).
+
+Inputs: 4-band uint16 GeoTIFFs tiled from the bundled Sentinel-2 crop (mirrored at the edges,
+``memory_streaming.make_input``). Needs ``pip install hires-domain[bench]`` (monai).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "compare_monai.json"
+CT_SLICES = ("bad_sequence.dcm", "explicit_VR-UN.dcm", "693_UNCI.dcm")
+
+
+def _raster(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read().astype(np.float32)
+
+
+def _net_predict(model: str, precision: str = "fp32"):
+    from hires_domain.models import get_model
+
+    m = get_model(model)
+    m.precision = precision
+    return m, (lambda x: m.predict(x, m.info.scales[0]))
+
+
+def _floor(x: np.ndarray, model: str, tile: int) -> float:
+    """Seconds of the network alone over non-overlapping tiles (no halo, no I/O)."""
+    import torch
+
+    _, predict = _net_predict(model)
+    planes = x.transpose(1, 0, 2, 3) if x.ndim == 4 else x[None]  # (slices, C, H, W)
+    predict(torch.from_numpy(planes[:1, :, :64, :64].copy()))  # load the weights
+    total = 0.0
+    for plane in planes:
+        for r in range(0, plane.shape[-2], tile):
+            for c in range(0, plane.shape[-1], tile):
+                t = torch.from_numpy(np.ascontiguousarray(plane[None, :, r:r + tile, c:c + tile]))
+                start = time.perf_counter()
+                predict(t)
+                total += time.perf_counter() - start
+    return total
+
+
+def child(args) -> dict:
+    """One variant in this process; returns its numbers."""
+    import torch
+
+    v, src, out = args.variant, Path(args.input), Path(args.output)
+    result: dict = {}
+    if v == "whole":
+        _, predict = _net_predict(args.model)
+        x = torch.from_numpy(_raster(src))[None]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            y = predict(x)[0].numpy()
+        result["seconds"] = time.perf_counter() - start
+        np.save(out, y)
+    elif v in ("floor", "ct-floor"):
+        x = _raster(src) if v == "floor" else _nifti(src)
+        result["seconds"] = _floor(x, args.model, args.tile)
+    elif v in ("old", "fp32", "auto", "ct-fp32", "ct-auto") or v.startswith("auto@"):
+        from hires_domain.pipeline import Settings, enhance_file
+
+        s = Settings(args.model) if v == "old" else Settings(args.model, precision=v.split("-")[-1].split("@")[0])
+        start = time.perf_counter()
+        summary = enhance_file(src, out, s)
+        result["seconds"] = time.perf_counter() - start
+        result["precision"] = getattr(summary, "precision", "fp32")
+    elif v in ("monai", "mem-256"):
+        import hires_domain as hd
+
+        x = _raster(src)
+        if v == "monai":
+            from monai.inferers import sliding_window_inference
+
+            _, predict = _net_predict(args.model)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                y = sliding_window_inference(torch.from_numpy(x)[None], (256, 256), 1, predict, overlap=0.125,
+                                             mode="gaussian")[0].numpy()
+        else:
+            image = hd.read(src)
+            start = time.perf_counter()
+            y = hd.enhance(image, args.model, tile=256, overlap=32, precision="fp32", device="cpu").data
+        result["seconds"] = time.perf_counter() - start
+        np.save(out, y)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["threads"] = torch.get_num_threads()
+    return result
+
+
+def _nifti(path: Path) -> np.ndarray:
+    import hires_domain as hd
+
+    return np.asarray(hd.read(path).data, dtype=np.float32)
+
+
+def make_ct(path: Path, slices: int = 16) -> None:
+    """A 512² × ``slices`` CT volume (HU) from real pydicom-data slices, shifted slice to slice."""
+    import nibabel as nib
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    planes = []
+    for name in CT_SLICES:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        planes.append(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    vol = np.stack([np.roll(planes[k % len(planes)], k, axis=1) for k in range(slices)], axis=-1)
+    nib.save(nib.Nifti1Image(vol.astype(np.int16), np.diag([0.7, 0.7, 2.0, 1.0])), str(path))
+
+
+def run_child(variant: str, src: Path, out: Path, model: str, tile: int = 256, pythonpath: str | None = None) -> dict:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    cmd = [sys.executable, __file__, "--child", variant, "--input", str(src), "--output", str(out),
+           "--model", model, "--tile", str(tile)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT / "benchmarks")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  {variant:10s} {result['seconds']:7.1f} s  {result['peak_rss_mib']:7.0f} MiB", flush=True)
+    return result
+
+
+def _dn(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.clip(np.rint(np.load(path)), 0, 65535)
+    return _raster(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child")
+    ap.add_argument("--input")
+    ap.add_argument("--output")
+    ap.add_argument("--model", default="s2-sr-x4")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--large", type=int, default=4096, help="size for the memory-flatness run (0: skip)")
+    ap.add_argument("--old", default="ff067b1", help="git revision of the previous release")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = ap.parse_args()
+    if args.child:
+        args.variant = args.child
+        print(json.dumps(child(args)))
+        return 0
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from memory_streaming import make_input
+
+    from hires_domain import pipeline
+    from hires_domain.image import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src, ct = tmp / f"s2_{args.size}.tif", tmp / "ct.nii.gz"
+        make_input(src, args.size)
+        make_ct(ct)
+        old = tmp / "old"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(old), args.old], check=True)
+        try:
+            probe = Image(np.zeros((4, args.size, args.size), np.float32), np.eye(3), "map", "raster", "DN", None,
+                          ("B02", "B03", "B04", "B08"))
+            fp32 = pipeline.resolve_run(probe, pipeline.Settings(args.model, precision="fp32", device="cpu"))
+            auto = pipeline.resolve_run(probe, pipeline.Settings(args.model, device="cpu"))
+            ct_run = pipeline.resolve_run(pipeline.io.read(ct), pipeline.Settings("ct-sr-x2", precision="fp32",
+                                                                                    device="cpu"))
+            print(f"{args.size}² x 4 bands, {args.model}; fp32 plan tile {fp32.tile} overlap {fp32.overlap}, "
+                  f"auto plan tile {auto.tile} overlap {auto.overlap} {auto.precision}", flush=True)
+            r: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                       "date": time.strftime("%Y-%m-%d"), "size": args.size, "model": args.model,
+                       "plans": {"fp32": [fp32.tile, fp32.overlap], "auto": [auto.tile, auto.overlap, auto.precision],
+                                 "ct": [ct_run.tile, ct_run.overlap]}, "variants": {}}
+            V = r["variants"]
+            V["whole"] = run_child("whole", src, tmp / "whole.npy", args.model)
+            V["floor"] = run_child("floor", src, tmp / "-", args.model, fp32.tile)
+            V["old"] = run_child("old", src, tmp / "old.tif", args.model, pythonpath=str(old))
+            V["fp32"] = run_child("fp32", src, tmp / "fp32.tif", args.model)
+            V["auto"] = run_child("auto", src, tmp / "auto.tif", args.model)
+            V["monai"] = run_child("monai", src, tmp / "monai.npy", args.model)
+            V["mem-256"] = run_child("mem-256", src, tmp / "mem.npy", args.model)
+            ref = _dn(tmp / "whole.npy")
+            for name, f in (("old", "old.tif"), ("fp32", "fp32.tif"), ("auto", "auto.tif"), ("monai", "monai.npy"),
+                            ("mem-256", "mem.npy")):
+                V[name]["max_dn_vs_whole"] = float(np.abs(_dn(tmp / f) - ref).max())
+            V["ct-floor"] = run_child("ct-floor", ct, tmp / "-", "ct-sr-x2", ct_run.tile)
+            V["ct-fp32"] = run_child("ct-fp32", ct, tmp / "ct_fp32.nii.gz", "ct-sr-x2")
+            V["ct-auto"] = run_child("ct-auto", ct, tmp / "ct_auto.nii.gz", "ct-sr-x2")
+            if args.large:
+                big = tmp / f"s2_{args.large}.tif"
+                make_input(big, args.large)
+                V[f"auto@{args.large}"] = run_child(f"auto@{args.large}", big, tmp / "big.tif", args.model)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
+    s = {k: v["seconds"] for k, v in V.items()}
+    r["ratios"] = {
+        "fp32 / floor (target <= 1.10)": s["fp32"] / s["floor"],
+        "ct-fp32 / ct-floor (target <= 1.10)": s["ct-fp32"] / s["ct-floor"],
+        "old / auto (target >= 3)": s["old"] / s["auto"],
+        "monai / mem-256 throughput (target >= 1.2)": s["monai"] / s["mem-256"],
+        "monai / fp32 throughput": s["monai"] / s["fp32"],
+    }
+    if args.large:
+        r["ratios"][f"peak RSS {args.large}² / {args.size}² (target <= 1.2)"] = (
+            V[f"auto@{args.large}"]["peak_rss_mib"] / V["auto"]["peak_rss_mib"])
+    print("\n| variant | seconds | peak RSS MiB | max DN vs whole |\n|---|---|---|---|")
+    for k, v in V.items():
+        diff = v.get("max_dn_vs_whole")
+        print(f"| {k} | {v['seconds']:.1f} | {v['peak_rss_mib']:.0f} | {'' if diff is None else f'{diff:g}'} |")
+    for k, v in r["ratios"].items():
+        print(f"{k}: {v:.2f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
