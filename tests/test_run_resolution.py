@@ -115,3 +115,16 @@ def test_write_behind_errors_surface_and_threads_stop(s2):
     next(gen)
     gen.close()  # a consumer that stops (napari's cancel): both helpers are joined
     assert not _io_threads()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_cpu(s2):
+    """On a GPU: pinned, non-blocking copies, a batch of several tiles and auto precision give the
+    CPU's fp32 result within the held-out precision rule's noise."""
+    run = pipeline.resolve_run(s2, pipeline.Settings("s2-sr-x4", device="cuda"))
+    assert run.precision in ("bf16", "fp16") and run.batch_size >= 1
+    gpu = hd.enhance(s2, "s2-sr-x4", tile=32, batch_size=4, device="cuda").array()
+    cpu = hd.enhance(s2, "s2-sr-x4", tile=32, precision="fp32", device="cpu").array()
+    diff = np.abs(gpu - cpu)
+    assert 10 * np.log10(10000.0 ** 2 / np.mean(diff ** 2)) > 60
