@@ -33,8 +33,8 @@ from . import Model, ModelInfo, register
 from .generators import ResidualBlockNoBN
 
 SEED = 0
-MAX_STEPS = 4000
-DEFAULT_TRAIN_SECONDS = 120.0
+MAX_STEPS = 3000
+DEFAULT_TRAIN_SECONDS = 180.0
 BATCH = 16
 PATCH = 64  # HR patch side (output pixels)
 LR_RATE = 1e-3
@@ -146,26 +146,26 @@ def _batch(volume: np.ndarray, factor: int, profile: str, width: float, rng: np.
     axis -2 with the slice profile. A margin of K LR rows is degraded with them and cut off, so
     the profile sees real context; of 2·BATCH candidates the BATCH with most structure are kept."""
     z, h, w = volume.shape
-    p = PATCH // factor
-    rows = (p + 2) * factor
+    p = min(PATCH, min(h, w) - 2 * factor) // factor  # LR rows per patch (smaller slices: smaller patches)
+    if p < 4:
+        raise ValueError(f"slices of {h}x{w} are too small for self-sr training at x{factor}")
+    rows, cols = (p + 2) * factor, p * factor
     cands = []
     for _ in range(2 * BATCH):
         plane = volume[rng.integers(z)]
         if rng.integers(2):
             plane = plane.T
         ph, pw = plane.shape
-        if ph < rows or pw < PATCH:
-            raise ValueError(f"slices of {h}x{w} are too small for self-sr training at x{factor}")
-        i, j = rng.integers(ph - rows + 1), rng.integers(pw - PATCH + 1)
-        patch = plane[i:i + rows, j:j + PATCH]
+        i, j = rng.integers(ph - rows + 1), rng.integers(pw - cols + 1)
+        patch = plane[i:i + rows, j:j + cols]
         if rng.integers(2):
             patch = patch[::-1]
         if rng.integers(2):
             patch = patch[:, ::-1]
         cands.append(patch)
     cands.sort(key=lambda c: -float(c.std()))
-    hr = np.stack(cands[:BATCH])[:, None]  # (B, 1, rows, PATCH)
-    lr = thick_slices(hr[..., None], factor, profile, width)[..., 0]  # axis -3 of (..., rows, PATCH, 1)
+    hr = np.stack(cands[:BATCH])[:, None]  # (B, 1, rows, cols)
+    lr = thick_slices(hr[..., None], factor, profile, width)[..., 0]  # axis -3 of (..., rows, cols, 1)
     return (torch.from_numpy(np.ascontiguousarray(lr[:, :, 1:1 + p], dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(hr[:, :, factor:factor + p * factor], dtype=np.float32)))
 
@@ -212,7 +212,7 @@ def apply(net: AxialSR, volume: np.ndarray, progress: Progress | None = None, do
     plane, averaged. ``progress(done, total)`` after each batch of planes."""
     z, h, w = volume.shape
     k = net.factor
-    net = net.to(device)
+    net = net.to(device).to(memory_format=torch.channels_last)  # as trained: cached weights give the same output
     out = np.zeros((z * k, h, w), dtype=np.float32)
     total = total or done + h + w
     for axis in (1, 2):  # planes at fixed y (z, x), then at fixed x (z, y)
