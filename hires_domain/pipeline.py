@@ -315,6 +315,11 @@ def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> tu
     return result, std
 
 
+def inplane_is_identity(s: Settings) -> bool:
+    """x1 in-plane with a model that leaves pixels unchanged there (baselines, self-sr)."""
+    return s.scale == 1 and get_model(s.model).info.family in ("interpolation", "self-supervised")
+
+
 def _enhance_volume(image: Image, s: Settings, progress: Progress | None, cache_dir: Path | None = None,
                     notes: list | None = None) -> tuple[Image, Image | None]:
     """The in-memory path with ``s.z_scale``: in-plane first (the model through the tiler; skipped
@@ -323,7 +328,7 @@ def _enhance_volume(image: Image, s: Settings, progress: Progress | None, cache_
     if s.z_scale == 1:
         return _enhance_checked(image, s, progress)
     check_size(image, s.scale, z_scale=s.z_scale)
-    if s.scale == 1 and get_model(s.model).info.family in ("interpolation", "self-supervised"):
+    if inplane_is_identity(s):
         inplane = image
     else:
         inplane = _enhance_checked(image, s, progress)[0]
