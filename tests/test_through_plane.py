@@ -230,3 +230,10 @@ def test_refusals(tmp_path, capsys, ct_volume):
     ds.save_as(f)
     fails(capsys, "enhance", uneven, tmp_path / "o.nii.gz", "--z-scale", "2", match="uneven slice spacing")
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "o.tif").exists()
+
+
+def test_slice_profile_from_the_header_or_the_options(ct_volume):
+    series = read_dicom(SERIES)  # 2 mm spacing, SliceThickness 1 mm in the headers
+    assert through_plane.slice_profile(series, 2) == ("box", 1.0, 1.0)
+    assert through_plane.slice_profile(series, 4, "gaussian", 3.0) == ("gaussian", 6.0, 3.0)
+    assert through_plane.slice_profile(ct_volume, 4) == ("box", 4.0, 1.0)  # NIfTI: the spacing

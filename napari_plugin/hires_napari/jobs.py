@@ -240,7 +240,7 @@ def model_family(name: str) -> str:
 def takes_strength(name: str) -> bool:
     """A x1 (denoising) model such as ct-denoise: the widget offers a strength (Settings.strength)."""
     info = model_info(name)
-    return info is not None and tuple(info.scales) == (1,)
+    return info is not None and tuple(info.scales) == (1,) and info.family != "self-supervised"
 
 
 def diffusion_defaults(name: str) -> Sampling | None:

@@ -58,6 +58,7 @@ def test_z_scale_only_for_volumes(viewer, enhance):
     assert not w.z_scale.isHidden() and w.z_scale.isEnabled()
     w.model_combo.setCurrentText("self-sr")
     assert w.z_scale.value() == 2  # self-sr refines the slice axis: never x1
+    assert w.strength.isHidden()  # x1 in-plane, but no denoiser
 
 
 @pytest.mark.parametrize("sample", ["ct_head_series", "ct_head.nii.gz"])
