@@ -284,7 +284,9 @@ def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile
     (model − input); 1 is the model's own output. Diffusion models take ``steps``, ``seed``,
     ``samples``, ``sampler``, ``consistency``, ``sample_output`` and ``uncertainty`` (see
     ``Settings``); with ``uncertainty=True`` the result is ``(image, std_image)``, the second
-    the per-pixel standard deviation over the samples on the same grid."""
+    the per-pixel standard deviation over the samples on the same grid. Volumes take
+    ``z_scale`` (and for ``self-sr`` ``train_seconds``, ``slice_profile``, ``thickness``):
+    the slice axis refined after the in-plane pass (``through_plane``)."""
     s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength, **diffusion)
     m = get_model(model)
     m.check(s.scale, image.channels, domain_of(image))
