@@ -242,6 +242,8 @@ class EnhanceWidget(QWidget):
         for w in (self.z_scale_label, self.z_scale):
             w.setVisible(volume)
         self.z_scale.setEnabled(volume)
+        if not volume:  # self-sr refines the slice axis of a volume: nothing to offer elsewhere
+            names = [n for n in names if jobs.model_family(n) != "self-supervised"]
         _fill(self.model_combo, names)
         self._on_model(self.model_combo.currentText())
 

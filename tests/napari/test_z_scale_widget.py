@@ -53,6 +53,13 @@ def test_z_scale_only_for_volumes(viewer, enhance):
     w = enhance()
     assert w.z_scale.isHidden() and not w.z_scale.isEnabled()
     assert w.settings().z_scale == 1
+    from pydicom.data import get_testdata_file
+
+    image = read(get_testdata_file("CT_small.dcm"))  # one real CT slice
+    [(data, kwargs, _)] = layers.to_layer_data(image, "ct_small")
+    viewer.add_image(data, **kwargs)
+    w.layer_combo.setCurrentText("ct_small")
+    assert w.z_scale.isHidden() and "self-sr" not in {w.model_combo.itemText(i) for i in range(w.model_combo.count())}
     [ct] = add(viewer, "ct_head_series")
     w.layer_combo.setCurrentText(ct.name)
     assert not w.z_scale.isHidden() and w.z_scale.isEnabled()
