@@ -2,10 +2,16 @@
 refusals, the weight cache and cancelling (on the bundled real CT head samples)."""
 
 import dataclasses
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pydicom
 import pytest
 from hypothesis import given, settings
@@ -241,3 +247,23 @@ def test_slice_profile_from_the_header_or_the_options(ct_volume):
     assert through_plane.slice_profile(series, 2) == ("box", 1.0, 1.0)
     assert through_plane.slice_profile(series, 4, "gaussian", 3.0) == ("gaussian", 6.0, 3.0)
     assert through_plane.slice_profile(ct_volume, 4) == ("box", 4.0, 1.0)  # NIfTI: the spacing
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_during_self_sr_training(tmp_path):
+    """A real `hires enhance` subprocess, interrupted once it has spent 8 s of CPU (imports take
+    about 3): exit 130, one line, no output and no kept weights."""
+    out = tmp_path / "thin.nii.gz"
+    env = {k: v for k, v in os.environ.items() if k != "HIRES_DEBUG"}
+    proc = subprocess.Popen([sys.executable, "-m", "hires_domain", "enhance", str(SERIES), str(out), "--model",
+                             "self-sr", "--z-scale", "2", "--keep-model"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watch = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while watch.cpu_times().user + watch.cpu_times().system < 8.0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)  # the default budget is 180 s: only the signal ends it early
+    assert proc.returncode == 130 and stderr.splitlines() == ["error: interrupted; no output was written"], stderr
+    assert list(tmp_path.iterdir()) == []
