@@ -200,6 +200,13 @@ def test_dicom_series_z4_geometry_and_validator(tmp_path, capsys):
     assert dciodvfy_errors(next((tmp_path / "thin").glob("*.dcm"))) == []
 
 
+def test_cubic_is_the_bicubic_kernel_along_z(tmp_path, ct_volume):
+    a = pipeline.enhance(ct_volume, "cubic", z_scale=4)
+    b = pipeline.enhance(ct_volume, "bicubic", z_scale=4)
+    np.testing.assert_array_equal(a.array(), b.array())
+    assert "z_method=cubic" in a.meta["provenance"]
+
+
 def test_nifti_z3_with_inplane_scale(tmp_path, capsys):
     code, _, err = hires(capsys, "enhance", SAMPLES / "ct_head.nii.gz", tmp_path / "o.nii.gz", "--model", "bicubic",
                          "--z-scale", "3", "--scale", "2", "-q")

@@ -26,6 +26,13 @@ class Bicubic(Model):
         return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+class Cubic(Bicubic):
+    """The name the through-plane baselines use (nearest, linear, cubic): bicubic in-plane."""
+
+    info = ModelInfo("cubic", "cubic interpolation: bicubic in-plane, cubic along z with --z-scale", "interpolation",
+                     BOTH, SCALES, halo=2)
+
+
 class Linear(Model):
     info = ModelInfo("linear", "bilinear interpolation (torch); linear along z with --z-scale", "interpolation",
                      BOTH, SCALES, halo=1)
@@ -59,5 +66,5 @@ class Lanczos(Model):
         return torch.from_numpy(out).to(x.device)
 
 
-for _cls in (Bicubic, Linear, Nearest, Lanczos):
+for _cls in (Bicubic, Cubic, Linear, Nearest, Lanczos):
     register(_cls.info.name, _cls)
