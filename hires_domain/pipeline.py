@@ -26,6 +26,7 @@ from .models.self_sr import DEFAULT_TRAIN_SECONDS
 
 Progress = Callable[[int, int], None]
 GIB = 1024**3
+XONE_FAMILIES = ("interpolation", "self-supervised")  # x1 in-plane leaves their pixels unchanged
 MAX_TIFF_SIDE = 2**31 - 1
 
 
@@ -60,7 +61,7 @@ class Settings:
 
     def __post_init__(self):
         check_z_settings(self)
-        if self.scale is None and self.z_scale > 1 and get_model(self.model).info.family != "srgan":
+        if self.scale is None and self.z_scale > 1 and get_model(self.model).info.family in XONE_FAMILIES:
             object.__setattr__(self, "scale", 1)  # z only, unless a trained in-plane model is named
         object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
         object.__setattr__(self, "strength", check_strength(self.strength, self.model, self.scale))
@@ -319,7 +320,7 @@ def _enhance_checked(image: Image, s: Settings, progress: Progress | None) -> tu
 
 def inplane_is_identity(s: Settings) -> bool:
     """x1 in-plane with a model that leaves pixels unchanged there (baselines, self-sr)."""
-    return s.scale == 1 and get_model(s.model).info.family in ("interpolation", "self-supervised")
+    return s.scale == 1 and get_model(s.model).info.family in XONE_FAMILIES
 
 
 def _enhance_volume(image: Image, s: Settings, progress: Progress | None, cache_dir: Path | None = None,
