@@ -75,12 +75,13 @@ class Settings:
             f"{'' if d.temperature is None else f' temperature={d.temperature:g}'}"
             f"{' output=sample' if d.sample_output else ''}")
         z = "" if self.z_scale == 1 else f" z_scale={self.z_scale} z_method={through_plane.z_method(self.model)}"
+        training = ""
         if self.model == "self-sr":
             seconds = DEFAULT_TRAIN_SECONDS if self.train_seconds is None else self.train_seconds
-            z += (f" train_seconds={seconds:g} slice_profile={self.slice_profile or 'box'}"
-                  f"{'' if self.thickness is None else f' thickness={self.thickness:g}'}")
-        return (f"hires-domain {__version__} model={self.model} scale={self.scale} "
-                f"tile={self.tile} overlap={self.overlap}{strength}{diffusion}{z}")
+            training = (f" train_seconds={seconds:g} slice_profile={self.slice_profile or 'box'}"
+                        f"{'' if self.thickness is None else f' thickness={self.thickness:g}'}")
+        return (f"hires-domain {__version__} model={self.model} scale={self.scale}{z} "  # z early: NIfTI keeps 80 chars
+                f"tile={self.tile} overlap={self.overlap}{strength}{diffusion}{training}")
 
 
 SELF_SR_ONLY = ("train_seconds", "slice_profile", "thickness")
