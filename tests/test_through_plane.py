@@ -213,6 +213,8 @@ def test_nifti_z3_with_inplane_scale(tmp_path, capsys):
     assert code == 0, err
     src, out = read_nifti(SAMPLES / "ct_head.nii.gz"), read_nifti(tmp_path / "o.nii.gz")
     assert out.shape == (1, 96, 256, 256)
+    descrip = nib.load(tmp_path / "o.nii.gz").header["descrip"].item().decode()
+    assert "scale=2 z_scale=3 z_method=cubic" in descrip  # within NIfTI's 80 characters
     np.testing.assert_allclose(out.affine, geometry.upscaled_affine(src.affine, (3, 2, 2)), atol=1e-5)
     # the mean of each 3x2x2 block is close to the source voxel (footprint kept)
     blocks = out.array()[0].reshape(32, 3, 128, 2, 128, 2).mean(axis=(1, 3, 5))
