@@ -109,6 +109,19 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             uncertainty: Optional[Path] = typer.Option(
                 None, help="diffusion models: also write the per-pixel standard deviation over the samples "
                            "here (same format and geometry as the output)"),
+            z_scale: int = typer.Option(
+                1, help="volumes: output slices per input slice (through-plane); with --model self-sr, "
+                        "nearest, linear, or cubic for every other model (see docs/through-plane.md)"),
+            train_seconds: Optional[float] = typer.Option(
+                None, help="self-sr: training time budget in seconds [default: 180; at most 3000 steps]"),
+            keep_model: bool = typer.Option(
+                False, "--keep-model", help="self-sr: keep the trained weights next to the output (a rerun "
+                                            "on the same input and settings reuses them)"),
+            slice_profile: Optional[str] = typer.Option(
+                None, help="self-sr: box or gaussian profile of the acquired slices [default: box]"),
+            thickness: Optional[float] = typer.Option(
+                None, help="self-sr: slice thickness (box width or Gaussian FWHM) in mm "
+                           "[default: DICOM SliceThickness, else the slice spacing]"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Super-resolve one input into a new output (written atomically; the input is never changed)."""
     from .pipeline import Settings, enhance_file
@@ -117,20 +130,26 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
                         strength=1.0 if strength is None else strength, steps=steps, seed=seed, samples=samples,
                         sampler=sampler, consistency=consistency, temperature=temperature,
                         sample_output=sample_output,
-                        uncertainty=uncertainty is not None)
+                        uncertainty=uncertainty is not None, z_scale=z_scale, train_seconds=train_seconds,
+                        keep_model=keep_model, slice_profile=slice_profile, thickness=thickness)
     if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
         raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
                          f"{model} runs at x{settings.scale}")
     s = _run_with_progress(
         lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
                                uncertainty=uncertainty),
-        quiet, f"{model} x{settings.scale}", unit="tiles" if settings.sampling is None else "steps")
+        quiet, f"{model} x{settings.scale}" + (f" z x{z_scale}" if z_scale > 1 else ""),
+        unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
         shape = lambda t: "x".join(map(str, t))  # noqa: E731
         out.print(f"wrote {s.output}: {shape(s.in_shape)} -> {shape(s.out_shape)} "
-                  f"({s.model} x{s.scale}, {s.device} {s.precision}, {s.seconds:.1f} s)")
+                  f"({s.model} x{s.scale}{f' z x{z_scale}' if z_scale > 1 else ''}, {s.device} {s.precision}, "
+                  f"{s.seconds:.1f} s)")
+        for note in s.notes:
+            if note.startswith("self-sr:"):
+                out.print(note)
         if uncertainty is not None:
             out.print(f"wrote {uncertainty}: per-pixel standard deviation over {settings.sampling.samples} sample(s)")
 

@@ -17,17 +17,19 @@ import numpy as np
 import psutil
 import torch
 
-from . import __version__, geometry, io, tiling
+from . import __version__, geometry, io, through_plane, tiling
 from .errors import HiresError
 from .image import Image
 from .intensity import HU_PADDING_BELOW
 from .models import Model, get_model, resolve_scale
 from .models import domain as input_domain
 from .models.ldm import is_diffusion, sampling_for
+from .models.self_sr import DEFAULT_TRAIN_SECONDS
 from .precision import check_precision, resolve_precision
 
 Progress = Callable[[int, int], None]
 GIB = 1024**3
+XONE_FAMILIES = ("interpolation", "self-supervised")  # x1 in-plane leaves their pixels unchanged
 MAX_TIFF_SIDE = 2**31 - 1
 
 
@@ -54,9 +56,18 @@ class Settings:
     temperature: float | None = None  # scale of the initial noise (below 1: samples nearer the mean)
     sample_output: bool = False  # one sample instead of the mean of the samples
     uncertainty: bool = False  # also produce the per-pixel std over the samples
+    # through-plane refinement (through_plane.py): K slices per slice; self-sr's training choices
+    z_scale: int = 1
+    train_seconds: float | None = None  # None: models/self_sr.DEFAULT_TRAIN_SECONDS
+    keep_model: bool = False  # cache self-sr's weights next to the output
+    slice_profile: str | None = None  # box | gaussian (None: box)
+    thickness: float | None = None  # mm (None: DICOM SliceThickness, else the slice spacing)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (precision.py)
 
     def __post_init__(self):
+        check_z_settings(self)
+        if self.scale is None and self.z_scale > 1 and get_model(self.model).info.family in XONE_FAMILIES:
+            object.__setattr__(self, "scale", 1)  # z only, unless a trained in-plane model is named
         object.__setattr__(self, "scale", resolve_scale(self.model, self.scale))
         object.__setattr__(self, "strength", check_strength(self.strength, self.model, self.scale))
         object.__setattr__(self, "sampling", check_sampling(self))
@@ -72,9 +83,15 @@ class Settings:
             f" steps={d.steps} seed={d.seed} samples={d.samples} sampler={d.sampler} consistency={d.consistency}"
             f"{'' if d.temperature is None else f' temperature={d.temperature:g}'}"
             f"{' output=sample' if d.sample_output else ''}")
-        return (f"hires-domain {__version__} model={self.model} scale={self.scale}{strength} "
+        z = "" if self.z_scale == 1 else f" z_scale={self.z_scale} z_method={through_plane.z_method(self.model)}"
+        training = ""
+        if self.model == "self-sr":
+            seconds = DEFAULT_TRAIN_SECONDS if self.train_seconds is None else self.train_seconds
+            training = (f" train_seconds={seconds:g} slice_profile={self.slice_profile or 'box'}"
+                        f"{'' if self.thickness is None else f' thickness={self.thickness:g}'}")
+        return (f"hires-domain {__version__} model={self.model} scale={self.scale}{z}{strength} "  # z early: NIfTI keeps 80 chars
                 f"tile={auto(self.tile, tile)} overlap={auto(self.overlap, overlap)} "
-                f"precision={precision or self.precision}{diffusion}")
+                f"precision={precision or self.precision}{diffusion}{training}")
 
 
 def check_tiling(tile: int | None, overlap: int | None, batch_size: int | None) -> None:
@@ -164,6 +181,24 @@ def use_threads(device: torch.device) -> None:
             cores = min(cores, max(1, int(int(quota) / int(period))))
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
+
+
+SELF_SR_ONLY = ("train_seconds", "slice_profile", "thickness")
+
+
+def check_z_settings(s: Settings) -> None:
+    """One-line refusals: a z-scale out of range, self-sr without one, self-sr choices for
+    other models, uncertainty with a z refinement."""
+    object.__setattr__(s, "z_scale", through_plane.check_z_scale(s.z_scale))
+    if s.model == "self-sr" and s.z_scale == 1:
+        raise HiresError("self-sr refines the slice axis: give --z-scale K (2 or more)")
+    given = [k.replace("_", "-") for k in SELF_SR_ONLY if getattr(s, k) is not None]
+    given += ["keep-model"] if s.keep_model else []
+    if given and s.model != "self-sr":
+        raise HiresError(f"self-sr option(s) given ({', '.join(given)}) but the model is '{s.model}'")
+    if s.uncertainty and s.z_scale > 1:
+        raise HiresError("--uncertainty is not available with --z-scale")
+    through_plane.check_self_sr_options(s.slice_profile, s.thickness, s.train_seconds)
 
 
 DIFFUSION_ONLY = ("steps", "seed", "samples", "sampler", "consistency", "temperature")
@@ -265,9 +300,15 @@ def _human(nbytes: float) -> str:
     return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 1024**2:.1f} MiB"
 
 
-def check_size(image: Image, scale: int, streamed_to: Path | None = None) -> tuple[int, ...]:
+def output_factors(image: Image, scale: int, z_scale: int = 1) -> tuple[int, ...]:
+    """Per-axis refinement: ``scale`` in-plane, ``z_scale`` along the slices of a volume."""
+    f = inplane_factors(image, scale)
+    return f if z_scale == 1 else (z_scale, *f[1:])
+
+
+def check_size(image: Image, scale: int, streamed_to: Path | None = None, z_scale: int = 1) -> tuple[int, ...]:
     """Refuse absurd outputs before allocating anything; returns the output spatial shape."""
-    out = geometry.upscaled_shape(image.spatial_shape, inplane_factors(image, scale))
+    out = geometry.upscaled_shape(image.spatial_shape, output_factors(image, scale, z_scale))
     dims = " x ".join(str(n) for n in (image.channels, *out))
     if streamed_to is None:
         need = 4 * image.channels * int(np.prod(out, dtype=np.float64))
@@ -345,12 +386,15 @@ def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile
     (model − input); 1 is the model's own output. Diffusion models take ``steps``, ``seed``,
     ``samples``, ``sampler``, ``consistency``, ``sample_output`` and ``uncertainty`` (see
     ``Settings``); with ``uncertainty=True`` the result is ``(image, std_image)``, the second
-    the per-pixel standard deviation over the samples on the same grid."""
+    the per-pixel standard deviation over the samples on the same grid. Volumes take
+    ``z_scale`` (and for ``self-sr`` ``train_seconds``, ``slice_profile``, ``thickness``):
+    the slice axis refined after the in-plane pass (``through_plane``)."""
     s = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, strength=strength,
                  precision=precision, **diffusion)
     run = resolve_run(image, s)
+    through_plane.check_volume(image, s.z_scale)
     check_domain(image, run.model, strict)
-    result, std = _enhance_checked(image, run, progress)
+    result, std = _enhance_volume(image, run, progress)
     return (result, std) if s.uncertainty else result
 
 
@@ -373,6 +417,28 @@ def _enhance_checked(image: Image, run: Run, progress: Progress | None) -> tuple
                                 "dtype": "float32"})
     std.nodata = None
     return result, std
+
+
+def inplane_is_identity(s: Settings) -> bool:
+    """x1 in-plane with a model that leaves pixels unchanged there (baselines, self-sr)."""
+    return s.scale == 1 and get_model(s.model).info.family in XONE_FAMILIES
+
+
+def _enhance_volume(image: Image, run: Run, progress: Progress | None, cache_dir: Path | None = None,
+                    notes: list | None = None) -> tuple[Image, Image | None]:
+    """The in-memory path with ``s.z_scale``: in-plane first (the model through the tiler; skipped
+    when it is the identity), then the slice axis (``through_plane.refine``), so a trained
+    in-plane model sees acquired slices, never interpolated ones."""
+    s = run.settings
+    if s.z_scale == 1:
+        return _enhance_checked(image, run, progress)
+    check_size(image, s.scale, z_scale=s.z_scale)
+    if inplane_is_identity(s):
+        inplane = image
+    else:
+        inplane = _enhance_checked(image, run, progress)[0]
+    result = through_plane.refine(inplane, s, progress, cache_dir, notes)
+    return dataclasses.replace(result, meta={**image.meta, "provenance": run.describe()}), None
 
 
 def uncertainty_description(run: Run) -> str:
@@ -412,9 +478,11 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
     if cog and kind != "raster":
         raise HiresError("--cog applies to GeoTIFF output only")
     run = resolve_run(image, settings)
+    through_plane.check_volume(image, settings.z_scale)
     note = check_domain(image, run.model, settings.strict)  # before any output exists
     start = time.perf_counter()
     clipped = 0
+    notes = [note] if note else []
     diffusion = settings.sampling is not None
     steps, tiles = (progress, None) if diffusion else (None, progress)
     if kind == "raster":
@@ -439,7 +507,7 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
             _drain(iter_enhance(image, target, run, on_step=steps), tiles)
         clipped = sink.clipped
     else:
-        result, std = _enhance_checked(image, run, progress)
+        result, std = _enhance_volume(image, run, progress, dst.parent if settings.keep_model else None, notes)
         out = result.spatial_shape
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(io.atomic_output(dst, is_dir=kind == "dicom"))
@@ -449,4 +517,4 @@ def _enhance_image_to(image: Image, src: Path, dst: Path, settings: Settings, ov
                 io.write_to(std, unc_tmp, kind, description=uncertainty_description(run))
     return Summary(str(src), str(dst), settings.model, settings.scale, image.shape,
                    (image.channels, *out), time.perf_counter() - start, str(run.device), clipped,
-                   notes=[note] if note else [], precision=run.precision)
+                   notes=notes, precision=run.precision)

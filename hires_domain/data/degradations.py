@@ -133,20 +133,36 @@ def inplane_lr(img: np.ndarray, scale: int, fwhm_mm: float, pixel_mm: tuple[floa
     return decimate(gaussian_blur(img, sigma, offset), scale, mode)
 
 
-def thick_slices(volume: np.ndarray, factor: int, profile: str = "box") -> np.ndarray:
+def box_kernel(width: float, offset: float = 0.0) -> np.ndarray:
+    """Taps of a box of ``width`` pixels centred at ``offset``: each tap is the overlap of its
+    pixel ``[j - 0.5, j + 0.5]`` with the box (fractional at the ends), normalised to sum 1."""
+    r = int(math.ceil(width / 2 + abs(offset))) + 1
+    j = np.arange(-r, r + 1, dtype=np.float64)
+    lo, hi = offset - width / 2, offset + width / 2
+    k = np.clip(np.minimum(j + 0.5, hi) - np.maximum(j - 0.5, lo), 0.0, None)
+    return k / k.sum()
+
+
+def thick_slices(volume: np.ndarray, factor: int, profile: str = "box", width: float | None = None) -> np.ndarray:
     """Thick-slice simulation along axis -3: slice ``k`` of the result integrates input slices
-    ``[k·factor, (k+1)·factor)`` with a ``'box'`` profile (their mean) or a ``'gaussian'``
-    profile of FWHM ``factor`` slices centred on the block. Trailing slices that do not fill a
-    block are dropped."""
+    around the centre of block ``[k·factor, (k+1)·factor)`` with a ``'box'`` profile of ``width``
+    slices (default ``factor``: the block's mean) or a ``'gaussian'`` profile of FWHM ``width``
+    slices. Edges are reflected; trailing slices that do not fill a block are dropped."""
     n = volume.shape[-3] // factor * factor
     v = np.asarray(volume[..., :n, :, :], dtype=np.float64)
-    if profile == "box":
+    w = float(factor if width is None else width)
+    if w <= 0:
+        raise ValueError(f"slice profile width must be positive, got {w:g}")
+    if profile == "box" and w == factor:
         return v.reshape(*v.shape[:-3], n // factor, factor, *v.shape[-2:]).mean(axis=-3)
-    if profile == "gaussian":
-        blurred = ndimage.correlate1d(v, _kernel(factor / FWHM_PER_SIGMA, centre_offset(factor)),
-                                      axis=-3, mode="reflect")
-        return blurred[..., (factor - 1) // 2::factor, :, :]
-    raise ValueError(f"unknown slice profile '{profile}'")
+    if profile == "box":
+        kernel = box_kernel(w, centre_offset(factor))
+    elif profile == "gaussian":
+        kernel = _kernel(w / FWHM_PER_SIGMA, centre_offset(factor))
+    else:
+        raise ValueError(f"unknown slice profile '{profile}'")
+    blurred = ndimage.correlate1d(v, kernel, axis=-3, mode="reflect")
+    return blurred[..., (factor - 1) // 2::factor, :, :]
 
 
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:

@@ -87,4 +87,5 @@ def list_models() -> list[ModelInfo]:
 
 
 from . import baselines  # noqa: E402,F401  (registers the baselines)
+from . import self_sr  # noqa: E402,F401  (registers self-sr)
 from . import neural  # noqa: E402,F401  (registers trained models in hires_domain/weights/)

@@ -1,6 +1,6 @@
 """Interpolation baselines as models: the reference every trained model is compared against.
 
-bicubic and nearest use ``torch.nn.functional.interpolate`` (Keys a=-0.75 cubic, edge pixels
+bicubic, linear and nearest use ``torch.nn.functional.interpolate`` (Keys a=-0.75 cubic, edge pixels
 replicated); lanczos uses Pillow's Lanczos-3 resampler on float32 planes (torch has none).
 """
 
@@ -26,6 +26,23 @@ class Bicubic(Model):
         return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+class Cubic(Bicubic):
+    """The name the through-plane baselines use (nearest, linear, cubic): bicubic in-plane."""
+
+    info = ModelInfo("cubic", "cubic interpolation: bicubic in-plane, cubic along z with --z-scale", "interpolation",
+                     BOTH, SCALES, halo=2)
+
+
+class Linear(Model):
+    info = ModelInfo("linear", "bilinear interpolation (torch); linear along z with --z-scale", "interpolation",
+                     BOTH, SCALES, halo=1)
+
+    def predict(self, x, scale):
+        if scale == 1:
+            return x
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
 class Nearest(Model):
     info = ModelInfo("nearest", "nearest neighbour (pixel replication), for checks", "interpolation", BOTH, SCALES)
 
@@ -49,5 +66,5 @@ class Lanczos(Model):
         return torch.from_numpy(out).to(x.device)
 
 
-for _cls in (Bicubic, Nearest, Lanczos):
+for _cls in (Bicubic, Cubic, Linear, Nearest, Lanczos):
     register(_cls.info.name, _cls)

@@ -36,12 +36,13 @@ import queue
 import re
 import threading
 import zlib
+from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Generator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from hires_domain import geometry, metrics, pipeline, tiling
+from hires_domain import geometry, metrics, pipeline, through_plane, tiling
 from hires_domain.errors import HiresError
 from hires_domain.image import Image
 from hires_domain.intensity import CT_WINDOWS
@@ -74,6 +75,14 @@ def layer_image(data, metadata: dict | None, name: str = "layer") -> Image:
 def is_hires_layer(metadata: dict | None) -> bool:
     """Whether a layer carries an Image the widgets can use (RGB composites are display only)."""
     return bool(metadata) and layers.META in metadata and metadata.get("rgb_bands") is None
+
+
+def is_volume(metadata: dict | None, shape: Sequence[int]) -> bool:
+    """A 3-D medical layer (data ``shape``) of two or more slices: the Enhance widget offers
+    --z-scale for it."""
+    if not is_hires_layer(metadata):
+        return False
+    return metadata[layers.META].kind != "raster" and len(shape) == 3 and shape[0] > 1
 
 
 # --- fingerprints: detect a layer that changed while a job ran -------------------------------
@@ -237,7 +246,7 @@ def takes_precision(name: str) -> bool:
 def takes_strength(name: str) -> bool:
     """A x1 (denoising) model such as ct-denoise: the widget offers a strength (Settings.strength)."""
     info = model_info(name)
-    return info is not None and tuple(info.scales) == (1,)
+    return info is not None and tuple(info.scales) == (1,) and info.family != "self-supervised"
 
 
 def diffusion_defaults(name: str) -> Sampling | None:
@@ -314,6 +323,8 @@ class Job:
 def result_label(settings: pipeline.Settings) -> str:
     """What made a result, for its layer name: model and scale (and a denoising strength below 1)."""
     label = f"{settings.model} x{settings.scale}"
+    if getattr(settings, "z_scale", 1) > 1:
+        label += f" z x{settings.z_scale}"
     strength = getattr(settings, "strength", None)
     if strength is not None and float(strength) != 1.0:
         label += f" strength {float(strength):g}"
@@ -412,7 +423,8 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
     if region is not None:
         image = replace(image, affine=geometry.cropped_affine(image.affine, region.starts))
     run = pipeline.resolve_run(image, settings)  # model, scale, bands, device, precision, tiling
-    pipeline.check_size(image, settings.scale)
+    through_plane.check_volume(image, settings.z_scale)
+    pipeline.check_size(image, settings.scale, z_scale=settings.z_scale)
     note = pipeline.domain_note(image, run.model, settings.strict)  # once, on the snapshot; strict refuses here
     return Job(name, image, settings, fps[0], region, tuple(fps[1:]), note)
 
@@ -426,26 +438,38 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
     ``Settings.uncertainty`` the per-pixel standard deviation over the samples comes back as
     ``Outcome.uncertainty`` (the sink is split, ``tiling.SplitSink``). A ``HiresError``
     (device gone, out of memory check, ...) becomes ``Outcome.error``; anything
-    else propagates (a bug, shown with its traceback).
+    else propagates (a bug, shown with its traceback). With ``Settings.z_scale`` > 1 the slice
+    axis is refined after the in-plane pass (``through_plane.refine``), counted in its own steps
+    (self-sr: training steps, then planes) and cancelled within one step.
     """
     image, s = job.image, job.settings
+    extra = None
     try:
         resolved = pipeline.resolve_run(image, s)  # on the worker: the model loads here
-        out = pipeline.check_size(image, s.scale)
-        fill = np.nan if image.nodata is None else image.nodata
-        sink = tiling.ArraySink((image.channels, *out), fill=fill)
-        extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
-        target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
-        if getattr(s, "sampling", None) is not None:
-            yield from _denoising_steps(image, target, resolved, cancel)
+        if pipeline.inplane_is_identity(s):  # z only (--z-scale with a baseline or self-sr)
+            result = replace(image, meta={**image.meta, "provenance": resolved.describe()})
         else:
-            yield from pipeline.iter_enhance(image, target, resolved)  # the domain was checked at capture
+            out = pipeline.check_size(image, s.scale)
+            fill = np.nan if image.nodata is None else image.nodata
+            sink = tiling.ArraySink((image.channels, *out), fill=fill)
+            extra = tiling.ArraySink((image.channels, *out), fill=np.nan) if s.uncertainty else None
+            target = tiling.SplitSink(sink, extra, image.channels) if extra is not None else sink
+            if getattr(s, "sampling", None) is not None:
+                yield from _callback_steps(lambda on_step: deque(pipeline.iter_enhance(
+                    image, target, resolved, on_step=on_step), maxlen=0), cancel)
+            else:
+                yield from pipeline.iter_enhance(image, target, resolved)  # the domain was checked at capture
+            factors = resolved.factors
+            result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": resolved.describe()})
+        if s.z_scale > 1:  # then the slice axis; self-sr trains here (steps, then planes)
+            refined = []
+            yield from _callback_steps(lambda on_step: refined.append(through_plane.refine(result, s, on_step)),
+                                       cancel)
+            result = replace(refined[0], meta=result.meta)
     except Cancelled:
         return Outcome(job, cancelled=True)
     except HiresError as e:
         return Outcome(job, error=str(e))
-    factors = resolved.factors
-    result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": resolved.describe()})
     std = None
     if extra is not None:
         std = image.with_data(extra.array, factors=factors, nodata=None,
@@ -457,11 +481,11 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
 _END = object()
 
 
-def _denoising_steps(image: Image, sink, s: pipeline.Run, cancel: threading.Event | None):
-    """``pipeline.iter_enhance`` of a diffusion model, yielding ``(done, total)`` per denoising
-    step. The tiles run in a helper thread whose step callback hands each step over here and
-    raises ``Cancelled`` once ``cancel`` is set or this generator is closed, so sampling stops
-    within one step; the helper is joined before this generator ends."""
+def _callback_steps(work: Callable[[Callable[[int, int], None]], None], cancel: threading.Event | None):
+    """Run ``work(on_step)`` (diffusion sampling, self-sr training and inference), yielding
+    ``(done, total)`` per step. The work runs in a helper thread whose step callback hands each
+    step over here and raises ``Cancelled`` once ``cancel`` is set or this generator is closed,
+    so it stops within one step; the helper is joined before this generator ends."""
     stop = threading.Event()
     reports: queue.Queue = queue.Queue()
 
@@ -470,15 +494,14 @@ def _denoising_steps(image: Image, sink, s: pipeline.Run, cancel: threading.Even
             raise Cancelled
         reports.put(((done, total), None))
 
-    def work() -> None:
+    def run_work() -> None:
         try:
-            for _ in pipeline.iter_enhance(image, sink, s, on_step=on_step):
-                pass
+            work(on_step)
             reports.put((_END, None))
         except BaseException as exc:  # handed over to the generator's thread and raised there
             reports.put((_END, exc))
 
-    helper = threading.Thread(target=work, name="hires-diffusion", daemon=True)
+    helper = threading.Thread(target=run_work, name="hires-steps", daemon=True)
     helper.start()
     try:
         while True:

@@ -113,6 +113,10 @@ class EnhanceWidget(QWidget):
         self.layer_combo = QComboBox()
         self.model_combo = QComboBox()
         self.scale = QSpinBox(minimum=1, maximum=8, value=2)
+        self.z_scale = QSpinBox(minimum=1, maximum=16, value=1)
+        self.z_scale.setToolTip("output slices per input slice (through-plane): self-sr learns them from the "
+                                "volume itself; other models interpolate along z (docs/through-plane.md)")
+        self.z_scale_label = QLabel("z-scale")  # the row shows for 3-D medical inputs only
         self.tile = QSpinBox(minimum=8, maximum=8192, value=256, singleStep=16)
         self.overlap = QSpinBox(minimum=0, maximum=1024, value=32, singleStep=4)
         self.device_combo = QComboBox()
@@ -171,6 +175,7 @@ class EnhanceWidget(QWidget):
         form.addRow("input", self.layer_combo)
         form.addRow("model", self.model_combo)
         form.addRow("scale", self.scale)
+        form.addRow(self.z_scale_label, self.z_scale)
         form.addRow(self.strength_label, self.strength)
         form.addRow("tile", self.tile)
         form.addRow("overlap", self.overlap)
@@ -238,6 +243,12 @@ class EnhanceWidget(QWidget):
             ref = jobs.layers.to_image(stub[0], inputs[0].metadata) if len(inputs) == 1 else \
                 replace(inputs[0].metadata[jobs.layers.META], data=stub)
             names = [m.name for m in jobs.models_for(ref)]
+        volume = len(inputs) == 1 and jobs.is_volume(inputs[0].metadata, np.shape(inputs[0].data))
+        for w in (self.z_scale_label, self.z_scale):
+            w.setVisible(volume)
+        self.z_scale.setEnabled(volume)
+        if not volume:  # self-sr refines the slice axis of a volume: nothing to offer elsewhere
+            names = [n for n in names if jobs.model_family(n) != "self-supervised"]
         _fill(self.model_combo, names)
         self._on_model(self.model_combo.currentText())
 
@@ -267,6 +278,8 @@ class EnhanceWidget(QWidget):
         info = jobs.model_info(name)
         if info is not None and self.scale.value() not in info.scales:
             self.scale.setValue(info.default_scale)
+        if name == "self-sr" and self.z_scale.value() == 1:  # self-sr refines the slice axis only
+            self.z_scale.setValue(2)
 
     def _on_samples(self, samples: int):
         """The uncertainty map needs more than one sample: on by default from two samples, off and
@@ -300,7 +313,8 @@ class EnhanceWidget(QWidget):
         return Settings(model=name, scale=self.scale.value(), tile=self.tile.value(),
                         overlap=self.overlap.value(), batch_size=1, device=self.device_combo.currentText(),
                         precision=self.precision.currentText(),
-                        strength=self.strength.value() if jobs.takes_strength(name) else 1.0, **diffusion)
+                        strength=self.strength.value() if jobs.takes_strength(name) else 1.0,
+                        z_scale=self.z_scale.value() if self.z_scale.isEnabled() else 1, **diffusion)
 
     def add_composite(self):
         """The true-colour composite of the selected raster's band layers (``readers.add_composite``)."""
