@@ -15,6 +15,7 @@ from hires_domain.serve.security import add_token
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -51,9 +52,7 @@ def test_page_upload_progress_previews_download(browser, tmp_path):
     server = Server(tmp_path, "--tokens", str(tokens))
     try:
         browser.get(server.url + "/")
-        box = browser.find_element(By.ID, "token")
-        box.send_keys(token)
-        browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
+        browser.find_element(By.ID, "token").send_keys(token + Keys.TAB)  # change: the models load
         wait = WebDriverWait(browser, 180)
         wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 8)
         Select(browser.find_element(By.ID, "model")).select_by_value("s2-sr-x4")
