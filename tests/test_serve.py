@@ -218,7 +218,7 @@ def test_cancel_running_task_stops_and_deletes_files(env):
 
 
 def test_sigkill_mid_task_then_restart_requeues(tmp_path):
-    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop64.tif", 64)
+    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
     server = Server(tmp_path)
     try:
         c = Client(server.url)

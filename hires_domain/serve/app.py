@@ -172,6 +172,30 @@ def create_app(config: Config) -> FastAPI:
             raise ApiError(404, f"no task {task_id[:64]}")
         return task
 
+    def queue(who: str, params: dict, upload: UploadFile | None, source: str | None):
+        """Check a request, store its input and create the task (one thread hop per submit);
+        returns (task id, input kind, params)."""
+        settings_for(params)  # unknown model, bad scale or options: 400 before any copying
+        if store.count_active(who) >= config.limits.max_queued:
+            raise ApiError(429, f"this token has {config.limits.max_queued} tasks queued or running, the limit; "
+                                "wait for some to finish")
+        task_id = store.new_id()
+        d = store.task_dir(task_id)
+        d.mkdir(parents=True)
+        try:
+            if upload is not None:
+                _copy_upload(upload, d / "upload")
+                path, kind = place_upload(d / "upload", d, config.limits)
+            else:
+                path, kind = inspect_source(under_root(source, config.allow_root), d, config.limits)
+            params["output_format"] = output_format(kind, params.get("output_format"))
+            params = _check_model(params, kind, path)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        store.create(task_id, who, {**params, "input": str(path), "kind": kind})
+        return task_id, kind, params
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
         return HTMLResponse((STATIC / "index.html").read_text())
@@ -206,6 +230,7 @@ def create_app(config: Config) -> FastAPI:
         """Queue one input (a multipart ``file`` or a JSON ``source`` under --allow-root); 202 with
         the task id. Fields: model, scale_factor, tile, overlap, output_format (cog, gtiff, nifti,
         dicom-zip), and for diffusion models steps, seed, samples."""
+        start = time.perf_counter()
         ctype = request.headers.get("content-type", "")
         upload = None
         if ctype.startswith("multipart/form-data"):
@@ -226,29 +251,11 @@ def create_app(config: Config) -> FastAPI:
         else:
             raise ApiError(415, "send multipart/form-data with a 'file' field, or JSON with a 'source' path")
         params = _fields(raw)
-        await run_in_threadpool(settings_for, params)  # unknown model, bad scale or options: 400 now
-        if store.count_active(who) >= config.limits.max_queued:
-            raise ApiError(429, f"this token has {config.limits.max_queued} tasks queued or running, the limit; "
-                                "wait for some to finish")
-        task_id = store.new_id()
-        d = store.task_dir(task_id)
-        d.mkdir(parents=True)
-        try:
-            if upload is not None:
-                await run_in_threadpool(_copy_upload, upload, d / "upload")
-                path, kind = await run_in_threadpool(place_upload, d / "upload", d, config.limits)
-            else:
-                source = under_root(raw["source"], config.allow_root)
-                path, kind = await run_in_threadpool(inspect_source, source, d, config.limits)
-            params["output_format"] = output_format(kind, params.get("output_format"))
-            params = await run_in_threadpool(_check_model, params, kind, path)
-        except BaseException:
-            shutil.rmtree(d, ignore_errors=True)
-            raise
-        store.create(task_id, who, {**params, "input": str(path), "kind": kind})
+        task_id, kind, params = await run_in_threadpool(queue, who, params, upload, raw.get("source"))
         log.info("task %s queued (owner %s, %s input, model %s)", task_id, who, kind, params["model"])
+        took = (time.perf_counter() - start) * 1000
         return JSONResponse({"task_id": task_id, "status": "queued"}, status_code=202,
-                            headers={"Location": f"/v1/tasks/{task_id}"})
+                            headers={"Location": f"/v1/tasks/{task_id}", "Server-Timing": f"submit;dur={took:.1f}"})
 
     @app.get("/v1/tasks/{task_id}")
     def task_status(task_id: str, who: str = Depends(owner)):

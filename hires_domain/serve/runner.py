@@ -21,6 +21,7 @@ from .uploads import RESULT_NAMES
 log = logging.getLogger("hires.serve")
 POLL_S = 0.1  # how often an idle worker looks for queued tasks
 PROGRESS_EVERY_S = 0.2  # at most this often a running task's progress is written
+NICE = 5  # workers yield the CPU to the API process, so that submitting and polling stay quick
 
 
 class Stopped(BaseException):
@@ -143,6 +144,7 @@ def _worker(data_dir: str, max_running: int, device: str, parent: int, threads: 
     import torch
 
     torch.set_num_threads(threads)
+    os.nice(NICE)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the server, which stops us
