@@ -4,6 +4,7 @@ import io as _io
 import shutil
 import signal
 import sqlite3
+import sys
 import time
 import zipfile
 
@@ -241,6 +242,7 @@ def test_sigkill_mid_task_then_restart_requeues(tmp_path):
         assert "queued again" in server.text_log()
         got = c.download(task, tmp_path / "got.tif")
         c.download(task, tmp_path / "got_unc.tif", "uncertainty")
+        assert c.http.get(f"/v1/tasks/{task}/preview/uncertainty").content.startswith(b"\x89PNG")
         enhance_file(crop, tmp_path / "ref.tif", Settings(**SLOW), uncertainty=tmp_path / "ref_unc.tif")
         np.testing.assert_array_equal(pixels(got), pixels(tmp_path / "ref.tif"))
         np.testing.assert_array_equal(pixels(tmp_path / "got_unc.tif"), pixels(tmp_path / "ref_unc.tif"))
@@ -259,3 +261,8 @@ def test_cli_refusals_and_add_token(capsys, tmp_path):
     assert load_tokens(tmp_path / "t") == {hash_token(token): "carol"}
     assert token not in (tmp_path / "t").read_text()  # only its hash is stored
     fails(capsys, "serve", "--add-token", "carol", "--tokens", tmp_path / "t", match="already has a token named")
+
+
+def test_without_the_serve_extra_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    fails(capsys, "serve", "--data-dir", tmp_path, match="hires serve needs fastapi: pip install 'hires-domain[serve]'")

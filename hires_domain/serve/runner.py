@@ -111,7 +111,7 @@ def execute(store: Store, task: dict, device: str = "auto", must_stop=lambda: Fa
     except HiresError as exc:
         _fail(store, tid, one_line(str(exc).replace(f"{d}/", "")))
     except Exception as exc:  # noqa: BLE001 - a task's failure must not end the worker
-        log.exception("task %s: internal error", tid)
+        log.error("task %s: internal error (%s)", tid, type(exc).__name__)  # no message: it may name patients
         _fail(store, tid, f"internal error ({type(exc).__name__}: {one_line(str(exc).replace(f'{d}/', ''))})")
 
 
