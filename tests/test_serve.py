@@ -1,6 +1,7 @@
 """`hires serve`: the upscale API on a real server subprocess, real samples, tokens, limits, restarts."""
 
 import io as _io
+import os
 import shutil
 import signal
 import sqlite3
@@ -218,12 +219,35 @@ def test_cancel_running_task_stops_and_deletes_files(env):
         c.wait(task)
 
 
-def test_sigkill_mid_task_then_restart_requeues(tmp_path):
+def test_dead_worker_is_replaced_and_its_task_runs_again(env, tmp_path):
+    c = env["alice"]
+    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
+    task = c.submit(crop, **SLOW)
+    _running(c, task)
+    db = sqlite3.connect(env["server"].data_dir / "tasks.sqlite3")
+    worker = db.execute("SELECT worker FROM tasks WHERE id = ?", (task,)).fetchone()[0]
+    os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
+    s = c.wait(task, poll=0.2, timeout=180)
+    assert s["progress"]["done"] == s["progress"]["total"] == 6
+    assert db.execute("SELECT attempts, worker FROM tasks WHERE id = ?", (task,)).fetchone()[0] == 2
+    assert f"worker {worker} died (exit code -9): 1 task(s) queued again" in env["server"].text_log()
+    db.close()
+
+
+def test_sigterm_then_sigkill_mid_task_then_restart_requeues(tmp_path):
     crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
     server = Server(tmp_path)
     try:
         c = Client(server.url)
         task = c.submit(crop, **SLOW)
+        _running(c, task)
+        server.proc.send_signal(signal.SIGTERM)  # a clean stop: the task is queued again, not counted
+        assert server.proc.wait(30) == 0
+        server.proc = None
+        assert "hires serve: stopped" in server.text_log()
+        with sqlite3.connect(server.data_dir / "tasks.sqlite3") as db:
+            assert db.execute("SELECT status, attempts FROM tasks WHERE id = ?", (task,)).fetchone() == ("queued", 0)
+        server.start()
         _running(c, task)
         workers = psutil.Process(server.proc.pid).children()
         assert workers

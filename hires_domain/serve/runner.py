@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 import warnings
 import zipfile
@@ -50,11 +51,12 @@ def _zip_series(series: Path, dst: Path) -> None:
             zf.write(f, f"series/{f.name}")
 
 
-def execute(store: Store, task: dict, device: str = "auto", must_stop=lambda: False) -> None:
+def execute(store: Store, task: dict, device: str = "auto", must_stop=lambda: None) -> None:
     """Run a claimed (running) task to done, failed or cancelled. Results appear under their
     final names only when complete (atomic rename), and the task is marked done after that.
-    ``must_stop()`` true (worker shutting down): stop within one tile, leaving the task running
-    for the next start to re-queue."""
+    ``must_stop()`` says why the worker must stop, or None: 'shutdown' (SIGTERM: the task is
+    queued again, the attempt not counted) or 'orphaned' (the server is gone: the task stays
+    running for the next start to re-queue); either way it stops within one tile."""
     from ..pipeline import enhance_file
     from .previews import write_previews
 
@@ -69,7 +71,7 @@ def execute(store: Store, task: dict, device: str = "auto", must_stop=lambda: Fa
             last[0] = now
             store.progress(tid, done, total)
         if must_stop() or store.status(tid) != "running":
-            raise Stopped
+            raise Stopped(must_stop())
 
     started = time.monotonic()
     log.info("task %s started (owner %s, model %s)", tid, task["owner"], params["model"])
@@ -99,14 +101,17 @@ def execute(store: Store, task: dict, device: str = "auto", must_stop=lambda: Fa
                                                     if issubclass(w.category, UserWarning)]))
         if store.finish(tid, "done", warning=one_line("; ".join(notes)) if notes else None, outputs=outputs):
             log.info("task %s done in %.1f s", tid, time.monotonic() - started)
-        else:
+        elif store.status(tid) == "cancelled":  # cancelled meanwhile (another state: another run finished it)
             remove_files(store, tid)
-    except Stopped:
+    except Stopped as stop:
         if store.status(tid) == "cancelled":
             remove_files(store, tid)
             log.info("task %s cancelled", tid)
-        else:
+        elif stop.args[0] == "shutdown":
+            store.requeue(tid)
             log.info("task %s interrupted by shutdown; it runs again at the next start", tid)
+        else:
+            log.info("task %s stopped: the server is gone; the next start runs it again", tid)
         return
     except HiresError as exc:
         _fail(store, tid, one_line(str(exc).replace(f"{d}/", "")))
@@ -119,7 +124,7 @@ def _fail(store: Store, tid: str, message: str) -> None:
     log.info("task %s failed", tid)
     if store.finish(tid, "failed", error=message):
         remove_files(store, tid, keep_previews=True)
-    else:
+    elif store.status(tid) == "cancelled":
         remove_files(store, tid)
 
 
@@ -151,11 +156,11 @@ def _worker(data_dir: str, max_running: int, device: str, parent: int, threads: 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     store = Store(Path(data_dir))
 
-    def must_stop() -> bool:
-        return bool(stopping) or os.getppid() != parent
+    def must_stop() -> str | None:
+        return "shutdown" if stopping else "orphaned" if os.getppid() != parent else None
 
     while not must_stop():
-        task = store.claim(max_running)
+        task = store.claim(max_running, os.getpid())
         if task is None:
             time.sleep(POLL_S)
             continue
@@ -163,25 +168,42 @@ def _worker(data_dir: str, max_running: int, device: str, parent: int, threads: 
 
 
 class LocalPool:
-    """``jobs`` worker processes on this machine (spawned: no state shared with the server)."""
+    """``jobs`` worker processes on this machine (spawned: no state shared with the server). A
+    worker that dies (killed, out of memory) is replaced, and its task queued again or failed."""
 
     def __init__(self, data_dir: Path, jobs: int, max_running: int, device: str = "auto"):
         if jobs < 1:
             raise HiresError(f"--jobs must be at least 1, got {jobs}")
         threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
         self.args = (str(data_dir), max_running, device, os.getpid(), threads)
+        self.store = Store(Path(data_dir))
         self.jobs = jobs
         self.procs: list = []
+        self.stopping = threading.Event()
+
+    def _spawn(self):
+        p = multiprocessing.get_context("spawn").Process(target=_worker, args=self.args, daemon=True,
+                                                         name="hires-worker")
+        p.start()
+        return p
 
     def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.procs = [ctx.Process(target=_worker, args=self.args, daemon=True, name=f"hires-worker-{i}")
-                      for i in range(self.jobs)]
-        for p in self.procs:
-            p.start()
+        self.procs = [self._spawn() for _ in range(self.jobs)]
+        threading.Thread(target=self._watch, daemon=True, name="hires-worker-watch").start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            for i, p in enumerate(self.procs):
+                if p.is_alive() or self.stopping.is_set():
+                    continue
+                requeued, failed = self.store.recover(worker=p.pid)
+                log.info("worker %d died (exit code %s): %d task(s) queued again, %d failed; starting another",
+                         p.pid, p.exitcode, len(requeued), len(failed))
+                self.procs[i] = self._spawn()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: each worker stops within one tile (its task runs again at the next start)."""
+        self.stopping.set()
         for p in self.procs:
             p.terminate()
         for p in self.procs:

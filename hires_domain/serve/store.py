@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     done INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
+    worker INTEGER,
     error TEXT,
     warning TEXT,
     outputs TEXT NOT NULL DEFAULT '{}'
@@ -98,9 +99,9 @@ class Store:
             return db.execute("SELECT count(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
                               (owner,)).fetchone()[0]
 
-    def claim(self, max_running: int) -> dict | None:
+    def claim(self, max_running: int, worker: int) -> dict | None:
         """Mark the oldest queued task whose owner runs fewer than ``max_running`` tasks as
-        running and return it (None when there is none)."""
+        running by process ``worker`` and return it (None when there is none)."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
@@ -109,9 +110,15 @@ class Store:
                 (max_running,)).fetchone()
             if row is not None:
                 db.execute("UPDATE tasks SET status = 'running', started = ?, attempts = attempts + 1, "
-                           "done = 0, total = 0 WHERE id = ?", (time.time(), row[0]))
+                           "done = 0, total = 0, worker = ? WHERE id = ?", (time.time(), worker, row[0]))
             db.execute("COMMIT")
         return None if row is None else self.get(row[0])
+
+    def requeue(self, task_id: str) -> None:
+        """A running task stopped by a shutdown (not by itself): queued again, the attempt not counted."""
+        with self._db() as db:
+            db.execute("UPDATE tasks SET status = 'queued', done = 0, total = 0, attempts = max(attempts - 1, 0) "
+                       "WHERE id = ? AND status = 'running'", (task_id,))
 
     def progress(self, task_id: str, done: int, total: int) -> None:
         with self._db() as db:
@@ -146,18 +153,21 @@ class Store:
         with self._db() as db:
             db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
-    def recover(self) -> tuple[list[str], list[str]]:
-        """At startup: tasks left 'running' by a stopped server are queued again, or failed with
-        the reason after MAX_ATTEMPTS. Returns (requeued ids, failed ids)."""
+    def recover(self, worker: int | None = None) -> tuple[list[str], list[str]]:
+        """Tasks left 'running' by a stopped server (or by the dead process ``worker``) are
+        queued again, or failed with the reason after MAX_ATTEMPTS. Returns (requeued, failed) ids."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            rows = db.execute("SELECT id, attempts FROM tasks WHERE status = 'running'").fetchall()
+            query = "SELECT id, attempts FROM tasks WHERE status = 'running'"
+            rows = db.execute(query + ("" if worker is None else " AND worker = ?"),
+                              () if worker is None else (worker,)).fetchall()
             requeued = [r[0] for r in rows if r[1] < MAX_ATTEMPTS]
             failed = [r[0] for r in rows if r[1] >= MAX_ATTEMPTS]
+            why = "the server stopped" if worker is None else "its worker process died"
             db.executemany("UPDATE tasks SET status = 'queued', done = 0, total = 0 WHERE id = ?",
                            [(i,) for i in requeued])
             db.executemany("UPDATE tasks SET status = 'failed', finished = ?, error = ? WHERE id = ?",
-                           [(time.time(), f"the server stopped {MAX_ATTEMPTS} times while running this task; "
+                           [(time.time(), f"{why} {MAX_ATTEMPTS} times while running this task (out of memory?); "
                              "not retried again", i) for i in failed])
             db.execute("COMMIT")
         return requeued, failed
