@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_support import Server, pixels
+from serve_support import Server, crop_raster, pixels
 from support import SAMPLES
 
 from hires_domain.serve.security import add_token
@@ -78,5 +78,24 @@ def test_page_upload_progress_previews_download(browser, tmp_path):
         assert len(got) == 1
         task = got[0].name.split("-")[0]
         np.testing.assert_array_equal(pixels(got[0]), pixels(server.data_dir / "tasks" / task / "result.tif"))
+
+        # a diffusion model: its options appear; the uncertainty is previewed and downloadable
+        crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
+        Select(browser.find_element(By.ID, "model")).select_by_value("s2-ldm-x4")
+        steps = browser.find_element(By.ID, "steps")
+        assert steps.is_displayed()
+        steps.clear()
+        steps.send_keys("3")
+        browser.find_element(By.ID, "file").send_keys(str(crop))
+        browser.find_element(By.ID, "submit").click()
+        link = wait.until(EC.element_to_be_clickable((By.ID, "download-uncertainty")))
+        assert "(3/3 steps)" in browser.find_element(By.ID, "status").text
+        assert browser.execute_script("return document.getElementById('preview-uncertainty').naturalWidth") == 128
+        link.click()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not list(downloads.glob("*-uncertainty.tif")):
+            time.sleep(0.2)
+        unc = list(downloads.glob("*-uncertainty.tif"))
+        assert len(unc) == 1 and pixels(unc[0]).shape == (4, 128, 128) and pixels(unc[0]).max() > 0
     finally:
         server.kill()
