@@ -234,7 +234,8 @@ def test_dead_worker_is_replaced_and_its_task_runs_again(env, tmp_path):
     db.close()
 
 
-def test_sigterm_then_sigkill_mid_task_then_restart_requeues(tmp_path):
+@pytest.mark.slow
+def test_sigterm_mid_task_requeues_without_counting(tmp_path):
     crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
     server = Server(tmp_path)
     try:
@@ -245,9 +246,21 @@ def test_sigterm_then_sigkill_mid_task_then_restart_requeues(tmp_path):
         assert server.proc.wait(30) == 0
         server.proc = None
         assert "hires serve: stopped" in server.text_log()
-        with sqlite3.connect(server.data_dir / "tasks.sqlite3") as db:
-            assert db.execute("SELECT status, attempts FROM tasks WHERE id = ?", (task,)).fetchone() == ("queued", 0)
+        db = sqlite3.connect(server.data_dir / "tasks.sqlite3")
+        assert db.execute("SELECT status, attempts FROM tasks WHERE id = ?", (task,)).fetchone() == ("queued", 0)
+        db.close()
         server.start()
+        assert c.wait(task, poll=0.2, timeout=180)["progress"]["done"] == 6
+    finally:
+        server.kill()
+
+
+def test_sigkill_mid_task_then_restart_requeues(tmp_path):
+    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
+    server = Server(tmp_path)
+    try:
+        c = Client(server.url)
+        task = c.submit(crop, **SLOW)
         _running(c, task)
         workers = psutil.Process(server.proc.pid).children()
         assert workers
