@@ -27,7 +27,7 @@ SCREENSHOT = os.environ.get("HIRES_SERVE_SCREENSHOT")  # e.g. docs/images/servic
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM and DRIVER):
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI") == "true" or os.environ.get("HIRES_REQUIRE_CHROMIUM"):
             pytest.fail("chromium and chromium-driver are required in CI (apt-get install chromium chromium-driver)")
         pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
     from selenium.webdriver.chrome.service import Service
