@@ -149,7 +149,8 @@ def _worker(data_dir: str, max_running: int, device: str, parent: int, threads: 
     import torch
 
     torch.set_num_threads(threads)
-    os.nice(NICE)
+    if hasattr(os, "nice"):  # not on Windows
+        os.nice(NICE)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the server, which stops us
