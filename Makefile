@@ -1,10 +1,11 @@
 # Two commands for a fresh machine:  `make demo`  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# dicom3tools: dciodvfy validates derived DICOM; xvfb + GL/xcb libraries: napari tests on a virtual screen
+# dicom3tools: dciodvfy validates derived DICOM; xvfb + GL/xcb libraries: napari tests on a virtual screen;
+# chromium + chromium-driver: the `hires serve` page tested in a headless browser
 APT_PACKAGES := dicom3tools xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
 	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
-	libxcb-cursor0 libdbus-1-3 libfontconfig1
+	libxcb-cursor0 libdbus-1-3 libfontconfig1 chromium chromium-driver
 
 .PHONY: setup sysdeps demo test test-slow bench clean
 
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: an installed build (CPU, CUDA or MPS) is kept; every other range admits it
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,napari,monai]"
+	$(PY) -m pip install -q -e ".[test,napari,monai,serve]"
 	touch $@
 
 setup: $(VENV)/.installed

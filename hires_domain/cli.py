@@ -1,4 +1,4 @@
-"""`hires` command line: info, enhance, prepare, train, models, demo. Errors are one line and exit non-zero."""
+"""`hires` command line: info, enhance, prepare, train, models, serve, demo. Errors are one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -323,6 +323,38 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         t.add_row(i.name, i.family, ",".join(i.domains), _scales(i.scales),
                   "any" if i.bands is None else str(i.bands), str(i.halo), i.summary)
     out.print(t)
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="address to listen on (other than localhost: needs --tokens)"),
+          port: int = typer.Option(8000, help="TCP port"),
+          jobs: int = typer.Option(1, help="worker processes running tasks on this machine"),
+          scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (not available yet)"),
+          data_dir: Path = typer.Option(Path("hires-serve-data"), help="task store (SQLite), uploads and results"),
+          tokens: Optional[Path] = typer.Option(None, help="bearer tokens file (hashed; see --add-token)"),
+          add_token: Optional[str] = typer.Option(None, help="print a new token for NAME, store its hash in "
+                                                  "--tokens FILE, and exit"),
+          max_upload: str = typer.Option("2GiB", help="largest request body (413 above)"),
+          max_unzipped: Optional[str] = typer.Option(None, help="largest DICOM zip unpacked [default: 4 x --max-upload]"),
+          allow_root: Optional[Path] = typer.Option(None, help="JSON 'source' paths must lie under this directory"),
+          max_running: int = typer.Option(2, help="running tasks per token"),
+          max_queued: int = typer.Option(100, help="queued + running tasks per token (429 above)"),
+          device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """The asynchronous upscale API (POST /v1/images/upscale) and a web page; needs the serve extra."""
+    if add_token is not None:
+        if tokens is None:
+            raise HiresError("--add-token needs --tokens FILE (where its hash is stored)")
+        from .serve.security import add_token as new_token
+
+        print(new_token(tokens, add_token))
+        return
+    from .serve import start
+
+    try:
+        start(host, port, jobs, scheduler, data_dir, tokens, max_upload, max_unzipped, allow_root, max_running,
+              max_queued, device, _line)
+    except _Stopped:  # uvicorn shut down cleanly, then passed the signal on
+        _line("hires serve: stopped")
 
 
 @app.command()

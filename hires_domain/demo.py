@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 from . import io
 from .intensity import ct_window, stretch
 from .pipeline import Settings, enhance_file
+from .report import uncertainty_rgb
 
 SAMPLES = resources.files("hires_domain") / "samples"
 
@@ -52,11 +53,7 @@ def preview(src: Path, dst: Path, png: Path, unc: Path | None = None) -> None:
     left = left.repeat(k, axis=0).repeat(k, axis=1)
     panels = [left, np.ones((left.shape[0], 8, 3)), right]
     if unc is not None:
-        from matplotlib import colormaps
-
-        u = io.read(unc).array().mean(0)
-        u = np.clip(u / max(float(np.nanpercentile(u, 99)), 1e-12), 0, 1)
-        panels += [np.ones((left.shape[0], 8, 3)), colormaps["magma"](np.nan_to_num(u))[..., :3]]
+        panels += [np.ones((left.shape[0], 8, 3)), uncertainty_rgb(io.read(unc).array())]
     PILImage.fromarray((np.concatenate(panels, axis=1) * 255).astype(np.uint8)).save(png)
 
 

@@ -60,6 +60,15 @@ def display_for(ref: np.ndarray, kind: str, band_names=(), window: str | None = 
     return Display("raster", bands=triplet, limits=tuple(limits))
 
 
+def uncertainty_rgb(std: np.ndarray) -> np.ndarray:
+    """(C, H, W) per-pixel std → (H, W, 3): the band mean scaled to its 99th percentile in magma."""
+    from matplotlib import colormaps
+
+    u = std.mean(0)
+    u = np.clip(u / max(float(np.nanpercentile(u, 99)), 1e-12), 0, 1)
+    return colormaps["magma"](np.nan_to_num(u))[..., :3]
+
+
 def middle_slice(arr: np.ndarray) -> np.ndarray:
     """(C, Z, Y, X) → (C, Y, X) at the middle slice; 2-D arrays pass through."""
     return arr[:, arr.shape[1] // 2] if arr.ndim == 4 else arr
