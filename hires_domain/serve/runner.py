@@ -34,8 +34,8 @@ def settings_for(params: dict, device: str = "auto"):
     from ..pipeline import Settings
 
     diffusion = {k: params[k] for k in ("steps", "seed", "samples") if params.get(k) is not None}
-    return Settings(params["model"], params.get("scale_factor"), params.get("tile") or 256,
-                    params.get("overlap") if params.get("overlap") is not None else 32, device=device, **diffusion)
+    return Settings(params["model"], params.get("scale_factor"), params.get("tile"), params.get("overlap"),
+                    device=device, **diffusion)  # tile/overlap None: automatic, as in the CLI
 
 
 def wants_uncertainty(settings) -> bool:
