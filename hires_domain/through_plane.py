@@ -144,14 +144,17 @@ def _nodata_mask(data: np.ndarray, nodata) -> np.ndarray | None:
 
 
 def _self_sr(image: Image, volume: np.ndarray, s, progress, cache_dir, notes) -> np.ndarray:
-    from .models import self_sr
+    from .models import get_model, self_sr
+    from .precision import resolve_precision
     from .tiling import resolve_device
 
     k = s.z_scale
     profile, width, thickness = slice_profile(image, k, s.slice_profile, s.thickness)
     seconds = self_sr.DEFAULT_TRAIN_SECONDS if s.train_seconds is None else float(s.train_seconds)
     device = resolve_device(s.device)
-    key = self_sr.cache_key(volume, image.affine, k=k, profile=profile, width=round(width, 6), seconds=seconds)
+    precision = resolve_precision(s.precision, get_model("self-sr"), device)  # bf16 where fast
+    key = self_sr.cache_key(volume, image.affine, k=k, profile=profile, width=round(width, 6), seconds=seconds,
+                            precision=precision)
     path = None if cache_dir is None else self_sr.cache_path(cache_dir, key)
     cached = self_sr.load(path, key) if path is not None else None
     planes = volume.shape[1] + volume.shape[2]
@@ -167,7 +170,8 @@ def _self_sr(image: Image, volume: np.ndarray, s, progress, cache_dir, notes) ->
                 progress(step, total)
 
         try:
-            net, steps, took = self_sr.train(volume, k, profile, width, seconds, train_progress, total, device)
+            net, steps, took = self_sr.train(volume, k, profile, width, seconds, train_progress, total, device,
+                                               precision)
         except ValueError as exc:
             raise HiresError(str(exc)) from None
         total = steps + planes  # a time-bounded run ends early: inference counts on from there
@@ -179,4 +183,4 @@ def _self_sr(image: Image, volume: np.ndarray, s, progress, cache_dir, notes) ->
     if notes is not None:
         notes.append(line)
     done = total - planes
-    return self_sr.apply(net, volume, progress, done, total, device)
+    return self_sr.apply(net, volume, progress, done, total, device, precision)
