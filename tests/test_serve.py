@@ -303,3 +303,18 @@ def test_cli_refusals_and_add_token(capsys, tmp_path):
 def test_without_the_serve_extra_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
     fails(capsys, "serve", "--data-dir", tmp_path, match="hires serve needs fastapi: pip install 'hires-domain[serve]'")
+
+
+def test_source_directory_with_a_link_outside_the_root_is_refused(tmp_path):
+    from hires_domain.errors import HiresError
+    from hires_domain.serve.security import under_root
+
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    (root / "series").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "patient.dcm").write_bytes(b"x")
+    shutil.copy(SAMPLES / "ct_head.nii.gz", root / "series" / "ok.nii.gz")
+    assert under_root("series", root) == (root / "series").resolve()
+    (root / "series" / "leak.dcm").symlink_to(outside / "patient.dcm")
+    with pytest.raises(HiresError, match="links to files outside the allowed root"):
+        under_root("series", root)

@@ -101,7 +101,8 @@ def is_loopback(host: str) -> bool:
 
 
 def under_root(source: str, root: Path | None) -> Path:
-    """``source`` (absolute, or relative to ``root``) resolved, refused unless inside ``root``."""
+    """``source`` (absolute, or relative to ``root``) resolved, refused unless inside ``root``
+    (a directory also when a link in it leads outside)."""
     if root is None:
         raise HiresError("'source' paths are disabled on this server (start it with --allow-root DIR)")
     root = Path(root).resolve()
@@ -110,4 +111,6 @@ def under_root(source: str, root: Path | None) -> Path:
         raise HiresError(f"source '{source}' is outside the allowed root")
     if not path.exists():
         raise HiresError(f"source '{source}' does not exist under the allowed root")
+    if path.is_dir() and any(not p.resolve().is_relative_to(root) for p in path.rglob("*") if p.is_symlink()):
+        raise HiresError(f"source '{source}' links to files outside the allowed root")
     return path
