@@ -209,14 +209,15 @@ def check_domain(image: Image, model: Model, strict: bool = False) -> str | None
     return note
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings,
-                 on_step: Progress | None = None) -> Iterator[tuple[int, int]]:
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings, on_step: Progress | None = None,
+                 select: Callable[[tuple[int, ...]], bool] | None = None) -> Iterator[tuple[int, int]]:
     """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total) tiles. The caller
     runs the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari).
 
     Diffusion models: ``sink`` receives the output channels followed, with ``s.uncertainty``, by
     the per-pixel standard deviation (``tiling.SplitSink`` separates them); ``on_step(done,
-    total)`` counts denoising steps over all tiles, and raising in it stops within one step."""
+    total)`` counts denoising steps over all tiles, and raising in it stops within one step.
+    ``select``: only some tiles (``tiling.iter_tiled``), for a row band on a cluster worker."""
     model = get_model(s.model)
     spec, predict = _plan(image, model, s, block=getattr(sink, "block", None))
     if s.sampling is not None and on_step is not None:
@@ -225,7 +226,7 @@ def iter_enhance(image: Image, sink: tiling.Sink, s: Settings,
         model.on_step = lambda step, steps: on_step(next(done), total)
     device = tiling.resolve_device(s.device)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
-    yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device)
+    yield from tiling.iter_tiled(source, sink, predict, spec, s.batch_size, device, select)
 
 
 def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:

@@ -376,6 +376,7 @@ def iter_tiled(
     spec: TileSpec,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
+    select: Callable[[tuple[int, ...]], bool] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``predict`` over ``source`` tile by tile into ``sink``; yields (done, total) tiles.
 
@@ -384,14 +385,20 @@ def iter_tiled(
     global start (a list of tuples), for models whose output depends on position (diffusion noise). Being a generator, the caller can stop between batches
     (the napari worker cancels this way). After the last tile ``sink.finish()`` checks that
     every output pixel was written exactly once.
+
+    ``select(tile)``: run only the batches holding a selected tile (a row band on a cluster
+    worker, ``cluster/bands.py``); batches are formed as for the whole plan, so each tile's
+    prediction is bit-identical to a whole run. Cells that unrun tiles also cover are never
+    finished, so never written.
     """
     device = torch.device(device)
     plan = TilePlan(tuple(source.shape[1:]), spec)
     remaining = plan.coverage.copy()
     cells: dict[tuple[int, ...], list] = {}
-    tiles = plan.tiles()
+    batches = [b for b in _batches(plan, plan.tiles(), batch_size) if select is None or any(map(select, b))]
+    total = sum(map(len, batches))
     done = 0
-    for batch in _batches(plan, tiles, batch_size):
+    for batch in batches:
         inputs, valids = [], []
         for t in batch:
             data, valid = source.read(plan.read_region(t))
@@ -407,9 +414,9 @@ def iter_tiled(
         for t, pred, valid in zip(batch, y, valids):
             _blend_tile(plan, t, pred, valid, cells, remaining, sink)
         done += len(batch)
-        if done == len(tiles):
+        if done == total:
             sink.finish()
-        yield done, len(tiles)
+        yield done, total
 
 
 def _batches(plan: TilePlan, tiles, batch_size: int):
