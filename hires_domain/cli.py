@@ -207,8 +207,11 @@ def batch(inputs: Optional[list[str]] = typer.Argument(
     if retries < 0:
         raise HiresError(f"--retries must be 0 or more, got {retries}")
     items = b.read_manifest(manifest, out_dir) if manifest else b.discover(inputs, out_dir)
-    options = b.Options(model, scale, tile, min(32, tile // 4) if overlap is None else overlap, batch_size, device,
-                        strict, cog, overwrite)
+    from .pipeline import Settings
+
+    settings = Settings(model, scale, tile, min(32, tile // 4) if overlap is None else overlap, batch_size, device,
+                        strict=strict)
+    options = b.Options(settings, cog, overwrite)
     b.check_plan(items, out_dir, resume, overwrite)  # refuse before a cluster starts
     try:
         with contextlib.ExitStack() as stack:
@@ -237,8 +240,11 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
               None, help="where --export writes NAME.{safetensors,json} [default: config export.dir or OUTPUT/export]"),
           max_steps: Optional[int] = typer.Option(None, help="stop (with a checkpoint) after this step"),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
-    """Train a generator (L1 pre-training, then adversarial fine-tuning) on a prepared dataset."""
+    """Train a generator (L1 pre-training, then adversarial fine-tuning) on a prepared dataset.
+    Under torchrun: DistributedDataParallel, rank 0 reports and writes."""
     from .train import train as run_train
+
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
 
     s = _run_with_progress(
         lambda p: run_train(config, resume=resume, device=device, progress=p, export=export, export_dir=export_dir,

@@ -87,6 +87,7 @@ def run_band(src: str, settings: pipeline.Settings, r0: int, r1: int, parts: str
     finally:
         image.data.close()
     return {"path": str(path), "rows": [r0, r1], "clipped": part.clipped, "seconds": time.perf_counter() - start,
+            "pid": os.getpid(),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 from ..errors import HiresError, one_line
 from ..io import RASTER_SUFFIXES
 from ..io.common import is_temporary, remove_stale_temporaries
+from ..pipeline import Settings
 
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
 LOCK_NAME = ".hires-batch.lock"
@@ -42,15 +44,9 @@ class Item:
 
 @dataclass(frozen=True)
 class Options:
-    """The run's enhancement settings (``pipeline.Settings`` fields) and output choices."""
+    """The run's enhancement settings and output choices."""
 
-    model: str = "bicubic"
-    scale: int | None = None
-    tile: int = 256
-    overlap: int = 32
-    batch_size: int = 4
-    device: str = "auto"
-    strict: bool = False
+    settings: Settings = Settings()
     cog: bool = False
     overwrite: bool = False
 
@@ -131,7 +127,7 @@ def discover(inputs: Iterable[str], out_dir: Path) -> list[Item]:
         elif _is_dicom_dir(path):
             add(path, path.parent)
         else:
-            found = list(_search(path, skip))
+            found = sorted(_search(path, skip))
             if not found:
                 raise HiresError(f"no supported inputs (rasters, NIfTI, DICOM series) under {path}")
             for p in found:
@@ -211,14 +207,15 @@ def run_item(item: Item, options: Options) -> dict:
     """Enhance one item; returns its results record (never raises for a bad input: a
     HiresError is recorded as ``failed``; other exceptions are marked ``retry``)."""
     from ..models import keep_models
-    from ..pipeline import Settings, enhance_file
+    from ..pipeline import enhance_file
 
     keep_models()
     start = time.perf_counter()
     record = {"input": item.input, "output": item.output, "status": "ok", "seconds": 0.0, "error": None}
     try:
-        s = Settings(item.model or options.model, item.scale if item.model or item.scale else options.scale,
-                     options.tile, options.overlap, options.batch_size, options.device, strict=options.strict)
+        s = options.settings
+        if item.model or item.scale:  # the manifest's choice; a model without a scale runs at its own
+            s = dataclasses.replace(s, model=item.model or s.model, scale=item.scale)
         Path(item.output).parent.mkdir(parents=True, exist_ok=True)
         summary = enhance_file(item.input, item.output, s, overwrite=options.overwrite, cog=options.cog)
         record.update(model=s.model, scale=s.scale, clipped=summary.clipped, notes=summary.notes)
