@@ -262,3 +262,11 @@ def test_enhance_with_a_scheduler_writes_a_cog(cluster, tmp_path, capsys):
     with rasterio.open(tmp_path / "o.tif") as ds:
         assert ds.overviews(1)  # a COG
     assert hires(capsys, "enhance", SAMPLES / "ct_head.nii.gz", tmp_path / "ct.nii.gz", "--scheduler", address)[0] == 2
+
+
+def test_without_dask_the_cluster_options_ask_for_the_extra(tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed: import fails
+    fails(capsys, "batch", tree / "a" / "x.tif", "--out-dir", tmp_path / "o", "--jobs", 2,
+          match="pip install 'hires-domain[cluster]'")
+    fails(capsys, "enhance", tree / "a" / "x.tif", tmp_path / "x.tif", "--jobs", 2, match="hires-domain[cluster]")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.tif").exists()

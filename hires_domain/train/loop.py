@@ -428,6 +428,9 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
     if isinstance(cfg, LdmConfig):  # the latent-diffusion stages (train/ldm_loop.py)
         from .ldm_loop import train_ldm
 
+        if ddp.world().size > 1:
+            raise HiresError("the diffusion stages (stage: vae/ldm) do not run under torchrun yet: start one process")
+
         return train_ldm(cfg, resume, device, progress, export, export_dir, stop_at, say)
     with ddp.process_group(resolve_device(device)):
         return _train(cfg, resume, device, progress, export, export_dir, stop_at, say)
