@@ -270,3 +270,28 @@ def test_without_dask_the_cluster_options_ask_for_the_extra(tree, tmp_path, caps
           match="pip install 'hires-domain[cluster]'")
     fails(capsys, "enhance", tree / "a" / "x.tif", tmp_path / "x.tif", "--jobs", 2, match="hires-domain[cluster]")
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.tif").exists()
+
+
+def test_retries_cover_crashes_not_bad_inputs(tree, tmp_path, monkeypatch):
+    from hires_domain import pipeline
+    from hires_domain.cluster.batch import Options, discover, run_batch
+
+    real, calls = pipeline.enhance_file, []
+
+    def flaky(src, dst, *a, **kw):  # the first call of each input crashes (not a HiresError)
+        calls.append(Path(src).name)
+        if calls.count(Path(src).name) == 1:
+            raise RuntimeError("worker hiccup")
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "enhance_file", flaky)
+    items = discover([str(tree / "a")], tmp_path / "none")  # x.tif and the junk bad.tif
+    outcome = run_batch(items, tmp_path / "none", Options(), retries=0)
+    assert (outcome.ok, outcome.failed) == (0, 2)
+    assert {r["error"] for r in _records(tmp_path / "none" / "results.jsonl")} == {"RuntimeError: worker hiccup"}
+    calls.clear()
+    items = discover([str(tree / "a")], tmp_path / "retry")
+    outcome = run_batch(items, tmp_path / "retry", Options(), retries=1)
+    assert (outcome.ok, outcome.failed) == (1, 1) and sorted(calls) == ["bad.tif"] * 2 + ["x.tif"] * 2
+    bad = next(r for r in _records(tmp_path / "retry" / "results.jsonl") if r["status"] == "failed")
+    assert bad["error"].startswith("cannot read raster")  # tried again after the crash; a bad input is final
