@@ -95,7 +95,8 @@ def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool
                   progress: pipeline.Progress | None = None, series: str | None = None, uncertainty=None,
                   n_bands: int | None = None) -> pipeline.Summary:
     """``pipeline.enhance_file`` for a raster, its row bands run on the Dask ``client``'s workers
-    (``n_bands``: default one per worker thread). ``progress(done, total)`` counts bands."""
+    (``n_bands``: default two per worker thread, so that copying finished bands into the output
+    overlaps the running ones). ``progress(done, total)`` counts bands."""
     from ..io.raster import RasterSink, RasterSource
 
     src, dst = Path(src), Path(dst)
@@ -116,7 +117,7 @@ def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool
         out = pipeline.check_size(image, settings.scale, streamed_to=dst)
         plan = _tile_plan(image, settings)
         workers = sum(client.nthreads().values()) or 1
-        limits = band_limits(plan, n_bands or workers)
+        limits = band_limits(plan, n_bands or 2 * workers)
         start = time.perf_counter()
         shape, block = (image.channels, *out), pipeline.output_block(settings.scale)
         affine = geometry.upscaled_affine(image.affine, pipeline.inplane_factors(image, settings.scale))
@@ -125,11 +126,13 @@ def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool
             parts.mkdir()
             from . import in_order
 
-            done = list(in_order(client, lambda rows: run_band(str(src), settings, *rows, str(parts)), limits,
-                                 progress))
+            done = []
             with RasterSink(tmp, shape, affine, {**image.meta, "nodata": image.nodata}, crs=image.crs,
                             provenance=settings.describe(), cog=cog, block=block) as sink:
-                for band in done:
+                # each band is copied as soon as it and those above it are done, while later ones run
+                for band in in_order(client, lambda rows: run_band(str(src), settings, *rows, str(parts)), limits,
+                                     progress):
+                    done.append(band)
                     r0, r1 = band["rows"]
                     with RasterSource(band["path"]) as part:
                         for row in range(0, r1 - r0, block):
