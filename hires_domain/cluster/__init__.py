@@ -15,6 +15,10 @@ from typing import Callable, Iterator
 from ..errors import HiresError
 
 CONNECT_TIMEOUT_S = 5
+# Dask's nannies set glibc's MALLOC_TRIM_THRESHOLD_ in workers, which also pins glibc's mmap
+# threshold: every large array becomes a fresh mmap with page faults. Enhancement ran 28-33 %
+# slower so (benchmarks/scaleout.py, docs/performance.md); local workers keep glibc's default.
+KEEP_MALLOC = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 INSTALL = "install the cluster extra: pip install 'hires-domain[cluster]'"
 
 
@@ -51,8 +55,11 @@ def connect(jobs: int = 2, scheduler: str | None = None,
                 why = str(exc).split("\n")[0] or type(exc).__name__
                 raise HiresError(f"cannot reach the Dask scheduler at {scheduler} ({why})") from None
         else:
-            cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                               dashboard_address=":0", silence_logs=logging.ERROR)
+            import dask
+
+            with dask.config.set({KEEP_MALLOC: None}):
+                cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                   dashboard_address=":0", silence_logs=logging.ERROR)
             stack.callback(cluster.close)
             client = distributed.Client(cluster, set_as_default=False)
         stack.callback(client.close)
