@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: an installed build (CPU, CUDA or MPS) is kept; every other range admits it
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,napari,monai,serve]"
+	$(PY) -m pip install -q -e ".[test,napari,monai,serve,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed

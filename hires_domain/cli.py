@@ -25,11 +25,18 @@ out = Console()
 err = Console(stderr=True)
 
 DEVICE_HELP = "auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)"
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Dask worker processes on this machine (1: in-process, no Dask)")
+SCHEDULER_OPTION = typer.Option(None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
 
 
 def _line(msg: str) -> None:
     """One unwrapped line on stderr (errors and warnings must stay one line)."""
     print(one_line(msg), file=sys.stderr)
+
+
+def _say(quiet: bool):
+    """Where a cluster's dashboard line goes: stdout, unwrapped, unless quiet."""
+    return None if quiet else (lambda msg: out.print(msg, soft_wrap=True))
 
 
 def _scales(scales) -> str:
@@ -122,8 +129,11 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             thickness: Optional[float] = typer.Option(
                 None, help="self-sr: slice thickness (box width or Gaussian FWHM) in mm "
                            "[default: DICOM SliceThickness, else the slice spacing]"),
+            jobs: int = JOBS_OPTION, scheduler: Optional[str] = SCHEDULER_OPTION,
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
-    """Super-resolve one input into a new output (written atomically; the input is never changed)."""
+    """Super-resolve one input into a new output (written atomically; the input is never changed).
+    With --jobs N or --scheduler a raster is split into row bands run on Dask workers."""
+    from .cluster import wants_cluster
     from .pipeline import Settings, enhance_file
 
     settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, precision=precision,
@@ -135,11 +145,20 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
     if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
         raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
                          f"{model} runs at x{settings.scale}")
-    s = _run_with_progress(
-        lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
-                               uncertainty=uncertainty),
-        quiet, f"{model} x{settings.scale}" + (f" z x{z_scale}" if z_scale > 1 else ""),
-        unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
+    label = f"{model} x{settings.scale}" + (f" z x{z_scale}" if z_scale > 1 else "")
+    if wants_cluster(jobs, scheduler):
+        from .cluster import connect
+        from .cluster.bands import enhance_bands
+
+        with connect(jobs, scheduler, say=_say(quiet)) as client:
+            s = _run_with_progress(lambda p: enhance_bands(src, dst, settings, client, overwrite=overwrite, cog=cog,
+                                                           progress=p, series=series, uncertainty=uncertainty),
+                                   quiet, label, unit="bands")
+    else:
+        s = _run_with_progress(
+            lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
+                                   uncertainty=uncertainty),
+            quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
@@ -158,15 +177,81 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
 def prepare(recipe: Path = typer.Argument(..., help="dataset recipe (YAML), e.g. datasets/s2-sr-x4.yaml"),
             out_dir: Path = typer.Argument(..., help="output directory (manifest.json + train/ val/)"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+            jobs: int = JOBS_OPTION, scheduler: Optional[str] = SCHEDULER_OPTION,
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
-    """Build a training dataset (HR/LR pairs with a manifest) from a recipe; written atomically."""
+    """Build a training dataset (HR/LR pairs with a manifest) from a recipe; written atomically.
+    With --jobs N or --scheduler the items are made on Dask workers (same bytes as one process)."""
+    from .cluster import wants_cluster
     from .data.prepare import prepare as run_prepare
 
-    m = _run_with_progress(lambda p: run_prepare(recipe, out_dir, overwrite=overwrite, progress=p),
-                           quiet, f"prepare {recipe.stem}", unit="items")
+    with contextlib.ExitStack() as stack:
+        mapper = None
+        if wants_cluster(jobs, scheduler):
+            from .cluster import connect, in_order
+
+            client = stack.enter_context(connect(jobs, scheduler, say=_say(quiet)))
+            mapper = lambda fn, items, progress: in_order(client, fn, items, progress)  # noqa: E731
+        m = _run_with_progress(lambda p: run_prepare(recipe, out_dir, overwrite=overwrite, progress=p, mapper=mapper),
+                               quiet, f"prepare {recipe.stem}", unit="items")
     if not quiet:
         counts = ", ".join(f"{n} {split}" for split, n in m["counts"].items())
         out.print(f"wrote {out_dir}: {counts} items ({m['domain']}, x{m['scale']}, {m['skipped']} skipped)")
+
+
+@app.command()
+def batch(inputs: Optional[list[str]] = typer.Argument(
+              None, help="files, DICOM series directories, directories to search, or globs"),
+          out_dir: Path = typer.Option(..., "--out-dir", "-o", help="output directory (mirrors the input tree)"),
+          manifest: Optional[Path] = typer.Option(
+              None, help="CSV or JSON-lines file of items: input, optional output, model, scale"),
+          model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
+          scale: Optional[int] = typer.Option(None, help="scale factor [default: the model's own]"),
+          tile: int = typer.Option(256, help="tile size in input pixels"),
+          overlap: Optional[int] = typer.Option(None, help="blending overlap [default: min(32, tile/4)]"),
+          batch_size: int = typer.Option(4, help="tiles per model call"),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
+          cog: bool = typer.Option(False, "--cog", help="write rasters as Cloud Optimized GeoTIFFs"),
+          strict: bool = typer.Option(False, "--strict", help="refuse inputs unlike the model's training data"),
+          jobs: int = JOBS_OPTION, scheduler: Optional[str] = SCHEDULER_OPTION,
+          resume: bool = typer.Option(False, "--resume", help="skip items whose output exists (it is complete)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
+          retries: int = typer.Option(0, help="tries again after a crash or a lost worker (not after a bad input)"),
+          results: Optional[Path] = typer.Option(None, help="results file, a JSON line per item "
+                                                            "[default: OUT_DIR/results.jsonl]"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
+    """Enhance many inputs (in-process or on Dask workers); exit 1 if any item failed."""
+    from .cluster import batch as b
+    from .cluster import wants_cluster
+
+    if bool(inputs) == bool(manifest):
+        raise HiresError("give INPUTS or --manifest (one of them)")
+    if resume and overwrite:
+        raise HiresError("--resume and --overwrite exclude each other")
+    if retries < 0:
+        raise HiresError(f"--retries must be 0 or more, got {retries}")
+    items = b.read_manifest(manifest, out_dir) if manifest else b.discover(inputs, out_dir)
+    from .pipeline import Settings
+
+    settings = Settings(model, scale, tile, min(32, tile // 4) if overlap is None else overlap, batch_size, device,
+                        strict=strict)
+    options = b.Options(settings, cog, overwrite)
+    b.check_plan(items, out_dir, resume, overwrite)  # refuse before a cluster starts
+    try:
+        with contextlib.ExitStack() as stack:
+            client = None
+            if wants_cluster(jobs, scheduler):
+                from .cluster import connect
+
+                client = stack.enter_context(connect(jobs, scheduler, say=_say(quiet)))
+            outcome = _run_with_progress(
+                lambda p: b.run_batch(items, out_dir, options, results, resume, retries, client, p),
+                quiet, "batch", unit="items")
+    finally:  # after the cluster is shut down: temporaries of its killed workers
+        b.sweep(items)
+    if not quiet or outcome.failed:
+        out.print(outcome.line(), soft_wrap=True)
+    if outcome.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -178,8 +263,11 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
               None, help="where --export writes NAME.{safetensors,json} [default: config export.dir or OUTPUT/export]"),
           max_steps: Optional[int] = typer.Option(None, help="stop (with a checkpoint) after this step"),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
-    """Train a generator (L1 pre-training, then adversarial fine-tuning) on a prepared dataset."""
+    """Train a generator (L1 pre-training, then adversarial fine-tuning) on a prepared dataset.
+    Under torchrun: DistributedDataParallel, rank 0 reports and writes."""
     from .train import train as run_train
+
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
 
     s = _run_with_progress(
         lambda p: run_train(config, resume=resume, device=device, progress=p, export=export, export_dir=export_dir,

@@ -346,15 +346,16 @@ def check_domain(image: Image, model: Model, strict: bool = False) -> str | None
     return note
 
 
-def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run,
-                 on_step: Progress | None = None) -> Iterator[tuple[int, int]]:
+def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run, on_step: Progress | None = None,
+                 select: Callable[[tuple[int, ...]], bool] | None = None) -> Iterator[tuple[int, int]]:
     """Tile-by-tile generator over ``image`` into ``sink``; yields (done, total) tiles. The caller
     runs the input-domain guard first, once (``check_domain``, or ``domain_note`` in napari), and
     may pass the ``Run`` it resolved (Settings are resolved here otherwise).
 
     Diffusion models: ``sink`` receives the output channels followed, with ``s.uncertainty``, by
     the per-pixel standard deviation (``tiling.SplitSink`` separates them); ``on_step(done,
-    total)`` counts denoising steps over all tiles, and raising in it stops within one step."""
+    total)`` counts denoising steps over all tiles, and raising in it stops within one step.
+    ``select``: only some tiles (``tiling.iter_tiled``), for a row band on a cluster worker."""
     run = s if isinstance(s, Run) else resolve_run(image, s)
     s = run.settings
     spec, predict = _plan(image, run, block=getattr(sink, "block", None))
@@ -363,7 +364,7 @@ def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run,
         done = itertools.count(1)
         run.model.on_step = lambda step, steps: on_step(next(done), total)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
-    yield from tiling.iter_tiled(source, sink, predict, spec, run.batch_size, run.device)
+    yield from tiling.iter_tiled(source, sink, predict, spec, run.batch_size, run.device, select)
 
 
 def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:

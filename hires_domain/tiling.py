@@ -378,6 +378,7 @@ def iter_tiled(
     spec: TileSpec,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
+    select: Callable[[tuple[int, ...]], bool] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``predict`` over ``source`` tile by tile into ``sink``; yields (done, total) tiles.
 
@@ -389,12 +390,17 @@ def iter_tiled(
     so file I/O and compression overlap compute. Being a generator, the caller can stop between
     batches (the napari worker cancels this way); both helpers are stopped before it returns.
     After the last tile ``sink.finish()`` checks that every output pixel was written exactly once.
+
+    ``select(tile)``: run only the batches holding a selected tile (a row band on a cluster
+    worker, ``cluster/bands.py``); batches are formed as for the whole plan, so each tile's
+    prediction is bit-identical to a whole run. Cells that unrun tiles also cover are never
+    finished, so never written.
     """
     device = torch.device(device)
     plan = TilePlan(tuple(source.shape[1:]), spec)
     remaining = plan.coverage.copy()
     cells: dict[tuple[int, ...], list] = {}
-    batches = list(_batches(plan, plan.tiles(), batch_size))
+    batches = [b for b in _batches(plan, plan.tiles(), batch_size) if select is None or any(map(select, b))]
     total, done = sum(map(len, batches)), 0
     pin = device.type == "cuda"
     with ThreadPoolExecutor(1, thread_name_prefix="hires-read") as reader, WriteBehind(sink) as writer:

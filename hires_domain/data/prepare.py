@@ -390,12 +390,37 @@ def process(item: Item, recipe) -> dict | None:
 
 
 def write_item(out_dir: Path, item: Item, arrays: dict) -> str:
-    """Store an item as ``{split}/{id}.npz``; returns that path relative to ``out_dir``."""
+    """Store an item as ``{split}/{id}.npz``; returns that path relative to ``out_dir``. The
+    same arrays give the same bytes (fixed zip timestamps), whichever process writes them."""
+    import zipfile
+
     rel = f"{item.split}/{item.id}.npz"
     path = Path(out_dir) / rel
     path.parent.mkdir(exist_ok=True)
-    np.savez(path, **arrays)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:  # what np.savez writes, minus the clock
+        for key, value in arrays.items():
+            with z.open(zipfile.ZipInfo(f"{key}.npy", ZIP_EPOCH), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     return rel
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def make_item(item: Item, recipe, out_dir: Path) -> dict | None:
+    """``process`` and ``write_item`` for one item: its manifest record, or None when skipped."""
+    arrays = process(item, recipe)
+    if arrays is None:
+        return None
+    return {**asdict(item), "file": write_item(out_dir, item, arrays),
+            "hr_shape": list(arrays["hr"].shape), "lr_shape": list(arrays["lr"].shape)}
+
+
+def _serial(fn, items, progress=None):
+    for k, item in enumerate(items):
+        yield fn(item)
+        if progress:
+            progress(k + 1, len(items))
 
 
 def _normalisation(recipe, items: list[Item]) -> dict:
@@ -408,23 +433,18 @@ def _normalisation(recipe, items: list[Item]) -> dict:
             "note": "invalid pixels (padding, below hu_floor) are set to air and marked in 'valid'"}
 
 
-def prepare(recipe_path, out_dir, overwrite: bool = False, progress=None) -> dict:
-    """Build the dataset of ``recipe_path`` in ``out_dir``; returns the manifest."""
+def prepare(recipe_path, out_dir, overwrite: bool = False, progress=None, mapper=None) -> dict:
+    """Build the dataset of ``recipe_path`` in ``out_dir``; returns the manifest. ``mapper(fn,
+    items, progress)`` yields ``fn(item)`` in the order of ``items`` (default: one by one here;
+    ``cluster.in_order`` runs them on Dask workers, which write into the shared output)."""
     out_dir = Path(out_dir)
     recipe = load_recipe(recipe_path)
     check_output(out_dir, overwrite)
     items = plan(recipe)
-    records, skipped = [], 0
     with atomic_output(out_dir, is_dir=True) as tmp:
-        for k, item in enumerate(items):
-            arrays = process(item, recipe)
-            if arrays is None:
-                skipped += 1
-            else:
-                records.append({**asdict(item), "file": write_item(tmp, item, arrays),
-                                "hr_shape": list(arrays["hr"].shape), "lr_shape": list(arrays["lr"].shape)})
-            if progress:
-                progress(k + 1, len(items))
+        made = list((mapper or _serial)(functools.partial(make_item, recipe=recipe, out_dir=tmp), items, progress))
+        records = [r for r in made if r is not None]
+        skipped = len(made) - len(records)
         scale = getattr(recipe.degradation, "scale", 1)
         manifest = {
             "format": "hires-dataset", "format_version": FORMAT_VERSION, "name": recipe.name,

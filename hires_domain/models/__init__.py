@@ -60,6 +60,7 @@ class Model:
 
 
 _REGISTRY: dict[str, Callable[[], Model]] = {}
+_KEPT: dict[str, Model] | None = None  # per-process model instances, once keep_models() is called
 
 
 def register(name: str, factory: Callable[[], Model]) -> None:
@@ -74,7 +75,17 @@ def get_model(name: str) -> Model:
     """Instantiate a registered model or fail with the list of known names."""
     if name not in _REGISTRY:
         raise HiresError(f"unknown model '{name}'; available: {', '.join(available())}")
-    return _REGISTRY[name]()
+    if _KEPT is None:
+        return _REGISTRY[name]()
+    return _KEPT[name] if name in _KEPT else _KEPT.setdefault(name, _REGISTRY[name]())
+
+
+def keep_models() -> None:
+    """From now on ``get_model`` returns one instance per name in this process, so weights load
+    once: for batch workers, which run one item at a time (not for threads sharing models)."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = {}
 
 
 def resolve_scale(model: str, scale: int | None) -> int:

@@ -93,8 +93,10 @@ class PatchSampler:
             arrays = [np.rot90(a, r, axes=(-2, -1)) for a in arrays]
         return [np.ascontiguousarray(a) for a in arrays]
 
-    def batch(self, n: int, device) -> dict[str, torch.Tensor]:
-        crops = [self._crop() for _ in range(n)]
+    def batch(self, n: int, device, shard: tuple[int, int] = (0, 1)) -> dict[str, torch.Tensor]:
+        """``n`` crops; ``shard=(rank, ranks)`` keeps every ranks-th from rank (all are drawn, so
+        the generator stays in step on every rank)."""
+        crops = [self._crop() for _ in range(n)][shard[0]::shard[1]]
         hr, lr, valid, lr_valid = (torch.from_numpy(np.stack(c)) for c in zip(*crops))
         return {"hr": self.norm.forward(hr).to(device), "lr": self.norm.forward(lr).to(device),
                 "valid": valid.to(device, torch.float32), "lr_valid": lr_valid.to(device, torch.float32)}

@@ -44,6 +44,7 @@ from ..models.generators import build_generator, resolve_hparams
 from ..models.neural import save_model
 from ..tiling import resolve_device
 from .config import TrainConfig, check_dataset, load_config
+from . import distributed as ddp
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
 from .ldm_config import LdmConfig
 
@@ -173,7 +174,9 @@ def _band_stats(items, norm: Normaliser) -> tuple[np.ndarray, np.ndarray]:
 class Trainer:
     def __init__(self, cfg: TrainConfig, device: str = "auto", say: Callable[[str], None] | None = None):
         self.cfg, self.say = cfg, say or (lambda m: log.info(m))
-        self.device = resolve_device(device)
+        self.world = ddp.world()  # torchrun: DDP, a shard of each global batch per rank
+        self.device = ddp.rank_device(resolve_device(device), self.world)
+        ddp.check_batch(cfg.train.batch_size, self.world)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.manifest = check_dataset(cfg)
@@ -200,6 +203,7 @@ class Trainer:
             d = cfg.discriminator
             self.D = build_discriminator(d.arch, c, d.nf, depth=d.depth).to(self.device)
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=t.betas)
+        self.G_ddp, self.D_ddp = ddp.wrap(self.G, self.world, self.device), ddp.wrap(self.D, self.world, self.device)
 
         w = cfg.losses
         self.w = w.model_dump()
@@ -269,10 +273,10 @@ class Trainer:
         lr = self.lr(step)
         for group in self.opt_g.param_groups:
             group["lr"] = lr
-        b = self.sampler.batch(t.batch_size, self.device)
+        b = self.sampler.batch(t.batch_size, self.device, self.world.shard)
         hr, mask = b["hr"], b["valid"]
         self.G.train()
-        fake = self.G(b["lr"])
+        fake = self.G_ddp(b["lr"])
         parts = self.pixel_losses(fake, hr, mask)
         loss = sum(self.w[k] * v for k, v in parts.items())
         d_loss = None
@@ -294,8 +298,8 @@ class Trainer:
         if phase == "gan":
             for p in self.D.parameters():
                 p.requires_grad_(True)
-            real_logits, _ = self.D(hr)
-            fake_logits, _ = self.D(fake.detach())
+            real_logits, _ = self.D_ddp(hr)
+            fake_logits, _ = self.D_ddp(fake.detach())
             d = L.relativistic_d_loss(real_logits, fake_logits, mask)
             self.opt_d.zero_grad(set_to_none=True)
             d.backward()
@@ -304,7 +308,8 @@ class Trainer:
         self.update_ema()
         self.step += 1
         row = {k: float(v.detach()) for k, v in parts.items()}
-        row.update(step=self.step, phase=phase, loss=float(loss.detach()), lr=lr, d_loss=d_loss)
+        row.update(loss=float(loss.detach()), d_loss=d_loss)
+        row = {**ddp.mean_over_ranks(row, self.world), "step": self.step, "phase": phase, "lr": lr}
         if not math.isfinite(row["loss"]):
             raise HiresError(f"training diverged at step {self.step} (loss {row['loss']}); lower train.lr_g")
         return row
@@ -423,22 +428,31 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
     if isinstance(cfg, LdmConfig):  # the latent-diffusion stages (train/ldm_loop.py)
         from .ldm_loop import train_ldm
 
+        if ddp.world().size > 1:
+            raise HiresError("the diffusion stages (stage: vae/ldm) do not run under torchrun yet: start one process")
+
         return train_ldm(cfg, resume, device, progress, export, export_dir, stop_at, say)
+    with ddp.process_group(resolve_device(device)):
+        return _train(cfg, resume, device, progress, export, export_dir, stop_at, say)
+
+
+def _train(cfg, resume, device, progress, export, export_dir, stop_at, say) -> dict:
     tr = Trainer(cfg, device, say)
+    main = tr.world.main  # only rank 0 writes
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     resumed_from = None
     if resume is not None:
         resumed_from = str(tr.load_checkpoint(resume))
         say(f"resumed from {resumed_from} at step {tr.step}")
-    csvlog = CsvLog(out / "log.csv", tr.step if resume is not None else None)
+    csvlog = CsvLog(out / "log.csv", tr.step if resume is not None else None) if main else None
     total = cfg.total_steps
     end = min(total, stop_at) if stop_at is not None else total
     t = cfg.train
     probe_initial = tr.probe_loss()
     base = tr.validate(None)
     first_val = tr.validate(tr.ema) if tr.step == 0 else None
-    if first_val is not None:
+    if first_val is not None and main:
         csvlog.write({"step": 0, "phase": "init", **first_val, "seconds": 0.0})
     start = time.perf_counter() - tr.elapsed
     val = first_val or {}
@@ -450,11 +464,11 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
         if s % t.val_every == 0 or s == total:
             val = tr.validate(tr.ema)
             row.update(val)
-        if s % t.log_every == 0 or "val_psnr" in row or s == end:
+        if main and (s % t.log_every == 0 or "val_psnr" in row or s == end):
             row["seconds"] = time.perf_counter() - start
             csvlog.write(row)
         tr.elapsed = time.perf_counter() - start
-        if s % t.checkpoint_every == 0 or s == end:
+        if main and (s % t.checkpoint_every == 0 or s == end):
             tr.save_checkpoint()
         if progress:
             progress(s, total)
@@ -465,7 +479,7 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
                "val_base": base, "val": val, "metric_range": tr.metric_range,
                "losses": {k: v for k, v in tr.w.items() if v > 0}, "dataset": str(cfg.dataset_dir),
                "dataset_name": tr.manifest["name"], "generator": tr.G.hparams(), "seed": cfg.seed}
-    if summary["finished"]:
+    if summary["finished"] and main:
         training = {k: summary[k] for k in ("steps", "seconds", "device", "val_base", "val", "dataset_name", "seed")}
         training["config"] = cfg.model_dump(mode="json")
         ex = cfg.export
@@ -478,5 +492,6 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
             target = Path(export_dir) if export_dir else (cfg.path(ex.dir) if ex and ex.dir else out / "export")
             st, js = save_model(target, name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen)
             summary["exported"] = str(js)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
