@@ -25,6 +25,12 @@ out = Console()
 err = Console(stderr=True)
 
 DEVICE_HELP = "auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)"
+TILE_OPTION = typer.Option(None, help="tile size in input pixels [default: the largest that fits the memory budget]")
+OVERLAP_OPTION = typer.Option(None, help="blending overlap between tiles, input pixels [default: 0 where tiles are "
+                                         "exact (the halo covers the model's receptive field), else min(32, tile/4)]")
+BATCH_OPTION = typer.Option(None, help="tiles per model call [default: 1 on CPU, what fits on a GPU]")
+PRECISION_OPTION = typer.Option("auto", help="auto, fp32, bf16 or fp16; auto = bf16/fp16 where the device is fast "
+                                             "at it and the model was checked against fp32 on held-out data, else fp32")
 JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Dask worker processes on this machine (1: in-process, no Dask)")
 SCHEDULER_OPTION = typer.Option(None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
 
@@ -81,17 +87,9 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
             scale: Optional[int] = typer.Option(
                 None, help="in-plane scale factor [default: the model's own; 2 for the baselines]"),
-            tile: Optional[int] = typer.Option(
-                None, help="tile size in input pixels [default: the largest that fits the memory budget]"),
-            overlap: Optional[int] = typer.Option(
-                None, help="blending overlap between tiles, input pixels [default: 0 where tiles are exact "
-                           "(the halo covers the model's receptive field), else min(32, tile/4)]"),
-            batch_size: Optional[int] = typer.Option(None, help="tiles per model call [default: 1 on CPU, "
-                                                               "what fits on a GPU]"),
-            device: str = typer.Option("auto", help=DEVICE_HELP),
-            precision: str = typer.Option(
-                "auto", help="auto, fp32, bf16 or fp16; auto = bf16/fp16 where the device is fast at it and the "
-                             "model was checked against fp32 on held-out data, else fp32"),
+            tile: Optional[int] = TILE_OPTION, overlap: Optional[int] = OVERLAP_OPTION,
+            batch_size: Optional[int] = BATCH_OPTION, device: str = typer.Option("auto", help=DEVICE_HELP),
+            precision: str = PRECISION_OPTION,
             series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
             cog: bool = typer.Option(False, "--cog", help="write a Cloud Optimized GeoTIFF"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
@@ -206,10 +204,9 @@ def batch(inputs: Optional[list[str]] = typer.Argument(
               None, help="CSV or JSON-lines file of items: input, optional output, model, scale"),
           model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
           scale: Optional[int] = typer.Option(None, help="scale factor [default: the model's own]"),
-          tile: int = typer.Option(256, help="tile size in input pixels"),
-          overlap: Optional[int] = typer.Option(None, help="blending overlap [default: min(32, tile/4)]"),
-          batch_size: int = typer.Option(4, help="tiles per model call"),
-          device: str = typer.Option("auto", help=DEVICE_HELP),
+          tile: Optional[int] = TILE_OPTION, overlap: Optional[int] = OVERLAP_OPTION,
+          batch_size: Optional[int] = BATCH_OPTION, device: str = typer.Option("auto", help=DEVICE_HELP),
+          precision: str = PRECISION_OPTION,
           cog: bool = typer.Option(False, "--cog", help="write rasters as Cloud Optimized GeoTIFFs"),
           strict: bool = typer.Option(False, "--strict", help="refuse inputs unlike the model's training data"),
           jobs: int = JOBS_OPTION, scheduler: Optional[str] = SCHEDULER_OPTION,
@@ -232,8 +229,7 @@ def batch(inputs: Optional[list[str]] = typer.Argument(
     items = b.read_manifest(manifest, out_dir) if manifest else b.discover(inputs, out_dir)
     from .pipeline import Settings
 
-    settings = Settings(model, scale, tile, min(32, tile // 4) if overlap is None else overlap, batch_size, device,
-                        strict=strict)
+    settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, precision=precision)
     options = b.Options(settings, cog, overwrite)
     b.check_plan(items, out_dir, resume, overwrite)  # refuse before a cluster starts
     try:

@@ -113,8 +113,8 @@ def test_batch_on_a_cluster_equals_in_process_and_reads_manifests(cluster, tree,
                             "--scheduler", address, "--tile", 64)
     assert code == 0, stdout
     assert f"worker(s) at {address}" in stdout and "batch: 3 ok, 0 failed, 0 skipped" in stdout
-    for name, src, s in [("s2/x4.tif", "b/y.tif", Settings("s2-sr-x4", tile=64, overlap=16)),
-                         ("x.tif", "a/x.tif", Settings("bicubic", 3, tile=64, overlap=16))]:
+    for name, src, s in [("s2/x4.tif", "b/y.tif", Settings("s2-sr-x4", tile=64)),
+                         ("x.tif", "a/x.tif", Settings("bicubic", 3, tile=64))]:
         ref = tmp_path / "ref" / name
         ref.parent.mkdir(parents=True, exist_ok=True)
         enhance_file(tree / src, ref, s)
@@ -256,8 +256,7 @@ def test_enhance_with_a_scheduler_writes_a_cog(cluster, tmp_path, capsys):
     code, stdout, _ = hires(capsys, "enhance", DATA / "s2_heldout_crop.tif", tmp_path / "o.tif", "--scale", 4,
                             "--tile", 32, "--cog", "--scheduler", address)
     assert code == 0 and "Dask worker(s)" in stdout
-    enhance_file(DATA / "s2_heldout_crop.tif", tmp_path / "ref.tif", Settings("bicubic", 4, tile=32, overlap=8),
-                 cog=True)
+    enhance_file(DATA / "s2_heldout_crop.tif", tmp_path / "ref.tif", Settings("bicubic", 4, tile=32), cog=True)
     assert np.array_equal(_pixels(tmp_path / "o.tif"), _pixels(tmp_path / "ref.tif"))
     with rasterio.open(tmp_path / "o.tif") as ds:
         assert ds.overviews(1)  # a COG
