@@ -413,7 +413,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 def serve(host: str = typer.Option("127.0.0.1", help="address to listen on (other than localhost: needs --tokens)"),
           port: int = typer.Option(8000, help="TCP port"),
           jobs: int = typer.Option(1, help="worker processes running tasks on this machine"),
-          scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (not available yet)"),
+          scheduler: Optional[str] = typer.Option(
+              None, help="run tasks on this Dask scheduler, e.g. tcp://host:8786 (workers must see --data-dir)"),
           data_dir: Path = typer.Option(Path("hires-serve-data"), help="task store (SQLite), uploads and results"),
           tokens: Optional[Path] = typer.Option(None, help="bearer tokens file (hashed; see --add-token)"),
           add_token: Optional[str] = typer.Option(None, help="print a new token for NAME, store its hash in "

@@ -88,3 +88,19 @@ def pixels(path: Path) -> np.ndarray:
     from hires_domain import io
 
     return io.read(path).array()
+
+
+SLOW = dict(model="s2-ldm-x4", steps=6, samples=2, seed=0, tile=64, overlap=16)  # about 4 s on 2 cores
+
+
+def wait_running(client, task: str, timeout: float = 120) -> dict:
+    """Wait until ``task`` runs and has made progress; its status."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        s = client.status(task)
+        if s["status"] == "running" and s["progress"]["done"] >= 1:
+            return s
+        assert s["status"] in ("queued", "running"), s
+        time.sleep(0.1)
+    raise AssertionError("task never ran")
+

@@ -14,7 +14,7 @@ import psutil
 import pydicom
 import pytest
 
-from serve_support import Server, crop_raster, pixels
+from serve_support import SLOW, Server, crop_raster, pixels, wait_running
 from support import SAMPLES, fails, hires
 
 from hires_domain.client import Client, ServerError
@@ -24,7 +24,6 @@ from hires_domain.serve.security import hash_token, load_tokens
 from hires_domain.serve.security import add_token
 
 PATIENT = "SECRETNAME^TESTPATIENT"
-SLOW = dict(model="s2-ldm-x4", steps=6, samples=2, seed=0, tile=64, overlap=16)  # about 4 s on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -189,21 +188,10 @@ def test_zip_bomb_and_traversal_refused(env, tmp_path):
     assert set(tasks.iterdir()) == before  # nothing kept from refused requests
 
 
-def _running(client, task, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        s = client.status(task)
-        if s["status"] == "running" and s["progress"]["done"] >= 1:
-            return s
-        assert s["status"] in ("queued", "running"), s
-        time.sleep(0.1)
-    raise AssertionError("task never ran")
-
-
 def test_cancel_running_task_stops_and_deletes_files(env):
     c = env["alice"]
     task = c.submit(env["crop"], **SLOW)
-    s = _running(c, task)
+    s = wait_running(c, task)
     assert s["progress"]["unit"] == "steps" and s["progress"]["total"] == 6
     r = c.http.get(f"/v1/tasks/{task}/result")
     assert r.status_code == 409 and "running" in r.json()["error"]
@@ -223,7 +211,7 @@ def test_dead_worker_is_replaced_and_its_task_runs_again(env, tmp_path):
     c = env["alice"]
     crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
     task = c.submit(crop, **SLOW)
-    _running(c, task)
+    wait_running(c, task)
     db = sqlite3.connect(env["server"].data_dir / "tasks.sqlite3")
     worker = db.execute("SELECT worker FROM tasks WHERE id = ?", (task,)).fetchone()[0]
     os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
@@ -241,7 +229,7 @@ def test_sigterm_mid_task_requeues_without_counting(tmp_path):
     try:
         c = Client(server.url)
         task = c.submit(crop, **SLOW)
-        _running(c, task)
+        wait_running(c, task)
         server.proc.send_signal(signal.SIGTERM)  # a clean stop: the task is queued again, not counted
         assert server.proc.wait(30) == 0
         server.proc = None
@@ -255,13 +243,13 @@ def test_sigterm_mid_task_requeues_without_counting(tmp_path):
         server.kill()
 
 
-def test_sigkill_mid_task_then_restart_requeues(tmp_path):
+def test_sigkill_mid_task_then_restart_requeues(tmp_path, one_torch_thread):
     crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
     server = Server(tmp_path)
     try:
         c = Client(server.url)
         task = c.submit(crop, **SLOW)
-        _running(c, task)
+        wait_running(c, task)
         workers = psutil.Process(server.proc.pid).children()
         assert workers
         server.proc.send_signal(signal.SIGKILL)  # the server only: its workers notice and stop
@@ -289,8 +277,6 @@ def test_sigkill_mid_task_then_restart_requeues(tmp_path):
 
 def test_cli_refusals_and_add_token(capsys, tmp_path):
     fails(capsys, "serve", "--host", "0.0.0.0", "--data-dir", tmp_path, match="refusing to serve 0.0.0.0 without --tokens")
-    fails(capsys, "serve", "--scheduler", "tcp://127.0.0.1:8786", "--data-dir", tmp_path,
-          match="--scheduler is not available yet")
     fails(capsys, "serve", "--add-token", "x y", "--tokens", tmp_path / "t", match="token name 'x y'")
     code, out, _ = hires(capsys, "serve", "--add-token", "carol", "--tokens", tmp_path / "t")
     token = out.strip()

@@ -27,9 +27,10 @@ def start(host: str, port: int, jobs: int, scheduler: str | None, data_dir, toke
 
     from .security import Limits, is_loopback, load_tokens, parse_size
 
+    from ..cluster import wants_cluster
+
     require()
-    if scheduler is not None:
-        raise HiresError("--scheduler is not available yet (the Dask runner is a separate issue); use --jobs N")
+    wants_cluster(jobs, scheduler)  # checks --jobs, and refuses both at once
     tokens = load_tokens(tokens_file) if tokens_file is not None else None
     if tokens is not None and not tokens:
         raise HiresError(f"tokens file {tokens_file} holds no tokens: add one with --add-token NAME")
@@ -42,10 +43,16 @@ def start(host: str, port: int, jobs: int, scheduler: str | None, data_dir, toke
     limits = Limits(max_upload=upload, max_unzipped=parse_size(max_unzipped) if max_unzipped else 4 * upload,
                     max_running=max_running, max_queued=max_queued)
     from .app import Config, serve
-    from .runner import LocalPool
+    if scheduler:
+        from .dask_pool import DaskPool
 
-    pool = LocalPool(Path(data_dir), jobs, max_running, device)
+        pool = DaskPool(Path(data_dir), scheduler, max_running, device, say)
+        workers = f"{pool.workers} Dask worker(s) at {scheduler}"
+    else:
+        from .runner import LocalPool
+
+        pool, workers = LocalPool(Path(data_dir), jobs, max_running, device), f"{jobs} worker(s)"
     if tokens is None:
         say(f"no --tokens: bound to {host} only; every local user shares one task list")
-    say(f"hires serve: http://{host}:{port}/ (API docs at /docs), {jobs} worker(s), data in {data_dir}")
+    say(f"hires serve: http://{host}:{port}/ (API docs at /docs), {workers}, data in {data_dir}")
     serve(Config(Path(data_dir), limits, tokens, Path(allow_root) if allow_root else None, pool), host, port)

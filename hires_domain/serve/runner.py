@@ -146,8 +146,12 @@ def remove_files(store: Store, tid: str, keep_previews: bool = False) -> None:
 
 def _worker(data_dir: str, max_running: int, device: str, parent: int, threads: int) -> None:
     """A worker process: claim, execute, repeat; ends when the server process is gone."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the pipeline keeps this budget (``pipeline.use_threads``)
     import torch
 
+    from ..models import keep_models
+
+    keep_models()  # one task at a time: each model's weights load once per worker
     torch.set_num_threads(threads)
     if hasattr(os, "nice"):  # not on Windows
         os.nice(NICE)

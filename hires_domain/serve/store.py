@@ -94,6 +94,12 @@ class Store:
             row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else row[0]
 
+    def claimed_by(self, task_id: str) -> int | None:
+        """The worker (process id, or a Dask claim id) of the task's latest claim."""
+        with self._db() as db:
+            row = db.execute("SELECT worker FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else row[0]
+
     def count_active(self, owner: str) -> int:
         with self._db() as db:
             return db.execute("SELECT count(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
