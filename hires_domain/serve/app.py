@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -113,13 +114,30 @@ def _copy_upload(upload: UploadFile, dest: Path) -> None:
         shutil.copyfileobj(upload.file, f, CHUNK)
 
 
+@functools.lru_cache(maxsize=None)
+def _model_for_checks(name: str):
+    """One instance per model name in the server process, for checks only (workers run models):
+    a submit does not load weights again."""
+    from ..models import get_model
+
+    return get_model(name)
+
+
+def _warm_up() -> None:
+    """Import what a submit needs (torch, GDAL, the model registry) before the first request,
+    so that a burst of first submits does not queue behind these imports."""
+    from .. import io  # noqa: F401
+
+    settings_for({"model": "bicubic"})
+    _model_for_checks("bicubic")
+
+
 def _check_model(params: dict, kind: str, path: Path) -> dict:
     """Model, scale, diffusion options and input domain/bands checked before the task is queued."""
     from .. import io
-    from ..models import get_model
 
     settings = settings_for(params)
-    model = get_model(settings.model)
+    model = _model_for_checks(settings.model)
     channels = model.info.bands or 1
     if kind == "raster":  # opened lazily: the header only
         image = io.read(path)
@@ -133,6 +151,7 @@ def create_app(config: Config) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        await run_in_threadpool(_warm_up)
         requeued, failed = store.recover()
         if requeued or failed:
             log.info("restart: %d running task(s) queued again, %d failed", len(requeued), len(failed))
