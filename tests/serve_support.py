@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -104,3 +105,17 @@ def wait_running(client, task: str, timeout: float = 120) -> dict:
         time.sleep(0.1)
     raise AssertionError("task never ran")
 
+
+@contextlib.contextmanager
+def serving(tmp: Path, *args: str):
+    """A server started with ``args``, a client of it and a 32² crop of the real Sentinel-2
+    sample: (server, client, crop); the server and its workers are killed afterwards."""
+    from hires_domain.client import Client
+    from support import SAMPLES
+
+    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp / "crop32.tif", 32)
+    server = Server(tmp, *args)
+    try:
+        yield server, Client(server.url), crop
+    finally:
+        server.kill()

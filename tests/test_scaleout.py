@@ -25,17 +25,10 @@ from hires_domain.pipeline import Settings, enhance_file
 
 from support import DATA, S2_RECIPE, SAMPLES, fails, hires
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(os.name != "posix", reason="POSIX signals, flock and process ids")]
 WAIT_S = 120
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=50) as c, distributed.Client(c, set_as_default=False) as client:
-        yield c.scheduler_address, client
 
 
 def _pixels(path: Path) -> np.ndarray:

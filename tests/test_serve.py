@@ -14,7 +14,7 @@ import psutil
 import pydicom
 import pytest
 
-from serve_support import SLOW, Server, crop_raster, pixels, wait_running
+from serve_support import SLOW, Server, crop_raster, pixels, serving, wait_running
 from support import SAMPLES, fails, hires
 
 from hires_domain.client import Client, ServerError
@@ -224,10 +224,7 @@ def test_dead_worker_is_replaced_and_its_task_runs_again(env, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_mid_task_requeues_without_counting(tmp_path):
-    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
-    server = Server(tmp_path)
-    try:
-        c = Client(server.url)
+    with serving(tmp_path) as (server, c, crop):
         task = c.submit(crop, **SLOW)
         wait_running(c, task)
         server.proc.send_signal(signal.SIGTERM)  # a clean stop: the task is queued again, not counted
@@ -239,15 +236,10 @@ def test_sigterm_mid_task_requeues_without_counting(tmp_path):
         db.close()
         server.start()
         assert c.wait(task, poll=0.2, timeout=180)["progress"]["done"] == 6
-    finally:
-        server.kill()
 
 
 def test_sigkill_mid_task_then_restart_requeues(tmp_path, one_torch_thread):
-    crop = crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
-    server = Server(tmp_path)
-    try:
-        c = Client(server.url)
+    with serving(tmp_path) as (server, c, crop):
         task = c.submit(crop, **SLOW)
         wait_running(c, task)
         workers = psutil.Process(server.proc.pid).children()
@@ -271,8 +263,6 @@ def test_sigkill_mid_task_then_restart_requeues(tmp_path, one_torch_thread):
         enhance_file(crop, tmp_path / "ref.tif", Settings(**SLOW), uncertainty=tmp_path / "ref_unc.tif")
         np.testing.assert_array_equal(pixels(got), pixels(tmp_path / "ref.tif"))
         np.testing.assert_array_equal(pixels(tmp_path / "got_unc.tif"), pixels(tmp_path / "ref_unc.tif"))
-    finally:
-        server.kill()
 
 
 def test_cli_refusals_and_add_token(capsys, tmp_path):

@@ -11,20 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from serve_support import SLOW, Server, crop_raster, pixels, wait_running
-from support import SAMPLES, fails
+from serve_support import SLOW, pixels, serving, wait_running
+from support import fails
 
-from hires_domain.client import Client
 from hires_domain.io.common import TEMP_SUFFIX
 from hires_domain.pipeline import Settings, enhance_file
 
-distributed = pytest.importorskip("distributed")
-
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=50) as c, distributed.Client(c, set_as_default=False) as client:
-        yield c.scheduler_address, client
+pytest.importorskip("distributed")
 
 
 def _idle(client, timeout: float = 60) -> None:
@@ -38,12 +31,8 @@ def _idle(client, timeout: float = 60) -> None:
 @pytest.fixture
 def served(cluster, tmp_path, one_torch_thread):
     """A server on the cluster, its client and a 32² crop of the real Sentinel-2 sample."""
-    address, client = cluster
-    server = Server(tmp_path, "--scheduler", address)
-    try:
-        yield server, Client(server.url), crop_raster(SAMPLES / "s2_crop.tif", tmp_path / "crop32.tif", 32)
-    finally:
-        server.kill()
+    with serving(tmp_path, "--scheduler", cluster[0]) as served:
+        yield served
 
 
 def test_tasks_run_on_the_cluster_and_equal_the_cli(cluster, served, tmp_path):

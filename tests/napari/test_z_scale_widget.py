@@ -4,10 +4,6 @@ inference, and Cancel stops training within a step (bundled real CT head samples
 
 from __future__ import annotations
 
-import itertools
-from importlib import resources
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,29 +12,14 @@ from hires_domain import geometry, read
 napari = pytest.importorskip("napari")
 
 from hires_napari import layers  # noqa: E402
+from test_widgets import add_sample, edge_worlds  # noqa: E402
 
-SAMPLES = Path(str(resources.files("hires_domain") / "samples"))
 TIMEOUT = 60_000
 
 
 @pytest.fixture
 def viewer(make_napari_viewer_proxy):
     return make_napari_viewer_proxy()
-
-
-def add(viewer, name: str, bands=None):
-    image = read(SAMPLES / name)
-    try:
-        specs = layers.to_layer_data(image, name.split(".")[0])
-    finally:
-        if hasattr(image.data, "close"):
-            image.data.close()
-    return [viewer.add_image(specs[i][0], **specs[i][1]) for i in (bands or range(len(specs)))]
-
-
-def corners(layer) -> np.ndarray:
-    shape = np.shape(layer.data)
-    return np.array([layer.data_to_world(p) for p in itertools.product(*[(-0.5, n - 0.5) for n in shape])])
 
 
 def run_and_wait(qtbot, w, on_yield=None):
@@ -49,7 +30,7 @@ def run_and_wait(qtbot, w, on_yield=None):
 
 
 def test_z_scale_only_for_volumes(viewer, enhance):
-    add(viewer, "s2_crop.tif", [2])
+    add_sample(viewer, "s2_crop.tif", [2])
     w = enhance()
     assert w.z_scale.isHidden() and not w.z_scale.isEnabled()
     assert w.settings().z_scale == 1
@@ -60,7 +41,7 @@ def test_z_scale_only_for_volumes(viewer, enhance):
     viewer.add_image(data, **kwargs)
     w.layer_combo.setCurrentText("ct_small")
     assert w.z_scale.isHidden() and "self-sr" not in {w.model_combo.itemText(i) for i in range(w.model_combo.count())}
-    [ct] = add(viewer, "ct_head_series")
+    [ct] = add_sample(viewer, "ct_head_series")
     w.layer_combo.setCurrentText(ct.name)
     assert not w.z_scale.isHidden() and w.z_scale.isEnabled()
     w.model_combo.setCurrentText("self-sr")
@@ -70,7 +51,7 @@ def test_z_scale_only_for_volumes(viewer, enhance):
 
 @pytest.mark.parametrize("sample", ["ct_head_series", "ct_head.nii.gz"])
 def test_z_refined_result_overlays_the_input(viewer, enhance, qtbot, sample):
-    [layer] = add(viewer, sample)
+    [layer] = add_sample(viewer, sample)
     w = enhance(model="bicubic", scale=2)
     w.z_scale.setValue(3)
     run_and_wait(qtbot, w)
@@ -79,7 +60,7 @@ def test_z_refined_result_overlays_the_input(viewer, enhance, qtbot, sample):
     assert out.name == f"{layer.name} [bicubic x2 z x3]"
     n = np.shape(layer.data)
     assert np.shape(out.data) == (3 * n[0], 2 * n[1], 2 * n[2])
-    np.testing.assert_allclose(corners(out), corners(layer), atol=1e-6)
+    np.testing.assert_allclose(edge_worlds(out), edge_worlds(layer), atol=1e-6)
     src, back = layers.to_image(layer.data, layer.metadata), layers.to_image(out.data, out.metadata)
     np.testing.assert_allclose(back.affine, geometry.upscaled_affine(src.affine, (3, 2, 2)), atol=1e-9)
     assert "z_scale=3 z_method=cubic" in back.meta["provenance"]
@@ -89,7 +70,7 @@ def test_self_sr_progress_covers_training_and_inference(viewer, enhance, qtbot, 
     from hires_domain.models import self_sr
 
     monkeypatch.setattr(self_sr, "DEFAULT_TRAIN_SECONDS", 2.0)
-    [layer] = add(viewer, "ct_head_series")  # 12 x 128 x 128, 2 mm slices
+    [layer] = add_sample(viewer, "ct_head_series")  # 12 x 128 x 128, 2 mm slices
     w = enhance(model="self-sr", scale=1)
     w.z_scale.setValue(2)
     seen = []
@@ -100,11 +81,11 @@ def test_self_sr_progress_covers_training_and_inference(viewer, enhance, qtbot, 
     assert any(d < total - 256 for d, _ in seen)  # reports during training
     out = viewer.layers[-1]
     assert np.shape(out.data) == (24, 128, 128)
-    np.testing.assert_allclose(corners(out), corners(layer), atol=1e-6)
+    np.testing.assert_allclose(edge_worlds(out), edge_worlds(layer), atol=1e-6)
 
 
 def test_cancel_stops_self_sr_training(viewer, enhance, qtbot):
-    add(viewer, "ct_head_series")
+    add_sample(viewer, "ct_head_series")
     w = enhance(model="self-sr", scale=1)
     w.z_scale.setValue(2)  # default budget: minutes, unless Cancel works
     seen = []
