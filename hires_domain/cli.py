@@ -131,7 +131,7 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Super-resolve one input into a new output (written atomically; the input is never changed).
     With --jobs N or --scheduler a raster is split into row bands run on Dask workers."""
-    from .cluster import wants_cluster
+    from .cluster import client_for
     from .pipeline import Settings, enhance_file
 
     settings = Settings(model, scale, tile, overlap, batch_size, device, strict=strict, precision=precision,
@@ -144,19 +144,18 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
         raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
                          f"{model} runs at x{settings.scale}")
     label = f"{model} x{settings.scale}" + (f" z x{z_scale}" if z_scale > 1 else "")
-    if wants_cluster(jobs, scheduler):
-        from .cluster import connect
-        from .cluster.bands import enhance_bands
+    with client_for(jobs, scheduler, say=_say(quiet)) as client:
+        if client is not None:
+            from .cluster.bands import enhance_bands
 
-        with connect(jobs, scheduler, say=_say(quiet)) as client:
             s = _run_with_progress(lambda p: enhance_bands(src, dst, settings, client, overwrite=overwrite, cog=cog,
                                                            progress=p, series=series, uncertainty=uncertainty),
                                    quiet, label, unit="bands")
-    else:
-        s = _run_with_progress(
-            lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
-                                   uncertainty=uncertainty),
-            quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
+        else:
+            s = _run_with_progress(
+                lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
+                                       uncertainty=uncertainty),
+                quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
@@ -179,15 +178,12 @@ def prepare(recipe: Path = typer.Argument(..., help="dataset recipe (YAML), e.g.
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Build a training dataset (HR/LR pairs with a manifest) from a recipe; written atomically.
     With --jobs N or --scheduler the items are made on Dask workers (same bytes as one process)."""
-    from .cluster import wants_cluster
+    from .cluster import client_for, in_order
     from .data.prepare import prepare as run_prepare
 
-    with contextlib.ExitStack() as stack:
+    with client_for(jobs, scheduler, say=_say(quiet)) as client:
         mapper = None
-        if wants_cluster(jobs, scheduler):
-            from .cluster import connect, in_order
-
-            client = stack.enter_context(connect(jobs, scheduler, say=_say(quiet)))
+        if client is not None:
             mapper = lambda fn, items, progress: in_order(client, fn, items, progress)  # noqa: E731
         m = _run_with_progress(lambda p: run_prepare(recipe, out_dir, overwrite=overwrite, progress=p, mapper=mapper),
                                quiet, f"prepare {recipe.stem}", unit="items")
@@ -218,7 +214,7 @@ def batch(inputs: Optional[list[str]] = typer.Argument(
           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
     """Enhance many inputs (in-process or on Dask workers); exit 1 if any item failed."""
     from .cluster import batch as b
-    from .cluster import wants_cluster
+    from .cluster import client_for
 
     if bool(inputs) == bool(manifest):
         raise HiresError("give INPUTS or --manifest (one of them)")
@@ -233,12 +229,7 @@ def batch(inputs: Optional[list[str]] = typer.Argument(
     options = b.Options(settings, cog, overwrite)
     b.check_plan(items, out_dir, resume, overwrite)  # refuse before a cluster starts
     try:
-        with contextlib.ExitStack() as stack:
-            client = None
-            if wants_cluster(jobs, scheduler):
-                from .cluster import connect
-
-                client = stack.enter_context(connect(jobs, scheduler, say=_say(quiet)))
+        with client_for(jobs, scheduler, say=_say(quiet)) as client:
             outcome = _run_with_progress(
                 lambda p: b.run_batch(items, out_dir, options, results, resume, retries, client, p),
                 quiet, "batch", unit="items")

@@ -70,6 +70,17 @@ def connect(jobs: int = 2, scheduler: str | None = None,
         yield client
 
 
+@contextlib.contextmanager
+def client_for(jobs: int, scheduler: str | None, say: Callable[[str], None] | None = None) -> Iterator:
+    """``connect(jobs, scheduler, say)`` when the user asked for Dask (``wants_cluster``), else
+    None, without importing Dask."""
+    if not wants_cluster(jobs, scheduler):
+        yield None
+        return
+    with connect(jobs, scheduler, say) as client:
+        yield client
+
+
 def _has_dashboard(client) -> bool:
     try:
         return "dashboard" in client.scheduler_info(n_workers=-1).get("services", {})
