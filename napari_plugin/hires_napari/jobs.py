@@ -302,6 +302,7 @@ class Job:
     region: Region | None = None
     others: tuple[Fingerprint, ...] = ()  # the other band layers of a band-set job
     note: str | None = None  # how the input differs from the model's training inputs (pipeline.domain_note)
+    resolved: pipeline.Run | None = None  # model, device, precision and tiling, resolved at capture
 
     @property
     def fingerprints(self) -> tuple[Fingerprint, ...]:
@@ -426,7 +427,7 @@ def _job(name: str, image: Image, settings: pipeline.Settings, fps: list[Fingerp
     through_plane.check_volume(image, settings.z_scale)
     pipeline.check_size(image, settings.scale, z_scale=settings.z_scale)
     note = pipeline.domain_note(image, run.model, settings.strict)  # once, on the snapshot; strict refuses here
-    return Job(name, image, settings, fps[0], region, tuple(fps[1:]), note)
+    return Job(name, image, settings, fps[0], region, tuple(fps[1:]), note, run)
 
 
 def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int, int], None, Outcome]:
@@ -445,7 +446,7 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
     image, s = job.image, job.settings
     extra = None
     try:
-        resolved = pipeline.resolve_run(image, s)  # on the worker: the model loads here
+        resolved = job.resolved
         if pipeline.inplane_is_identity(s):  # z only (--z-scale with a baseline or self-sr)
             result = replace(image, meta={**image.meta, "provenance": resolved.describe()})
         else:
