@@ -438,7 +438,7 @@ def _enhance_volume(image: Image, run: Run, progress: Progress | None, cache_dir
         inplane = image
     else:
         inplane = _enhance_checked(image, run, progress)[0]
-    result = through_plane.refine(inplane, s, progress, cache_dir, notes)
+    result = through_plane.refine(inplane, run, progress, cache_dir, notes)
     return dataclasses.replace(result, meta={**image.meta, "provenance": run.describe()}), None
 
 

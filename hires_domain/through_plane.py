@@ -113,11 +113,13 @@ def interpolate(data: np.ndarray, k: int, method: str) -> np.ndarray:
     return out
 
 
-def refine(image: Image, s, progress: Progress | None = None, cache_dir: Path | None = None,
+def refine(image: Image, run, progress: Progress | None = None, cache_dir: Path | None = None,
            notes: list | None = None) -> Image:
-    """``image`` with its slice axis refined ×``s.z_scale`` by ``z_method(s.model)``; ``s`` is a
-    ``pipeline.Settings``. self-sr reports (step, total) over training then inference and, with
-    ``cache_dir``, reuses or stores its weights there. ``notes`` gets one line on what ran."""
+    """``image`` with its slice axis refined ×``run.settings.z_scale`` by ``z_method`` of its
+    model; ``run`` is a ``pipeline.Run`` (its device and precision are self-sr's). self-sr
+    reports (step, total) over training then inference and, with ``cache_dir``, reuses or stores
+    its weights there. ``notes`` gets one line on what ran."""
+    s = run.settings
     k = s.z_scale
     check_volume(image, k)
     method = z_method(s.model)
@@ -126,7 +128,7 @@ def refine(image: Image, s, progress: Progress | None = None, cache_dir: Path | 
     if mask is not None:  # padding is never fed as values: air-like fill, written back as nodata
         data = np.where(mask, np.float32(HU_PADDING_BELOW if image.units == "HU" else 0.0), data)
     if method == "self-sr":
-        out = np.stack([_self_sr(image, data[c], s, progress, cache_dir, notes) for c in range(image.channels)])
+        out = np.stack([_self_sr(image, data[c], run, progress, cache_dir, notes) for c in range(image.channels)])
     else:
         out = interpolate(data, k, method)
         if progress is not None:
@@ -143,16 +145,13 @@ def _nodata_mask(data: np.ndarray, nodata) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _self_sr(image: Image, volume: np.ndarray, s, progress, cache_dir, notes) -> np.ndarray:
-    from .models import get_model, self_sr
-    from .precision import resolve_precision
-    from .tiling import resolve_device
+def _self_sr(image: Image, volume: np.ndarray, run, progress, cache_dir, notes) -> np.ndarray:
+    from .models import self_sr
 
+    s, device, precision = run.settings, run.device, run.precision  # bf16 where fast
     k = s.z_scale
     profile, width, thickness = slice_profile(image, k, s.slice_profile, s.thickness)
     seconds = self_sr.DEFAULT_TRAIN_SECONDS if s.train_seconds is None else float(s.train_seconds)
-    device = resolve_device(s.device)
-    precision = resolve_precision(s.precision, get_model("self-sr"), device)  # bf16 where fast
     key = self_sr.cache_key(volume, image.affine, k=k, profile=profile, width=round(width, 6), seconds=seconds,
                             precision=precision)
     path = None if cache_dir is None else self_sr.cache_path(cache_dir, key)

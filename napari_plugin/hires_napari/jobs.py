@@ -464,7 +464,7 @@ def run(job: Job, cancel: threading.Event | None = None) -> Generator[tuple[int,
             result = image.with_data(sink.array, factors=factors, meta={**image.meta, "provenance": resolved.describe()})
         if s.z_scale > 1:  # then the slice axis; self-sr trains here (steps, then planes)
             refined = []
-            yield from _callback_steps(lambda on_step: refined.append(through_plane.refine(result, s, on_step)),
+            yield from _callback_steps(lambda on_step: refined.append(through_plane.refine(result, resolved, on_step)),
                                        cancel)
             result = replace(refined[0], meta=result.meta)
     except Cancelled:
