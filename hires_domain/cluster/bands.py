@@ -3,9 +3,9 @@
 The whole-image tile plan (``pipeline._plan``: model halo, output block alignment) is cut at
 tile-row starts into bands of output rows. Each worker runs the batches of tiles that touch its
 band (``tiling.iter_tiled(select=...)``: same batches as a single run, so bit-identical
-predictions; the tile row overlapping the band above is run by both) and writes the cells inside
-its band to a block-aligned GeoTIFF part; cells outside are dropped, and cells blended with
-tiles it did not run are never finished. The client then copies the parts, band by band and
+predictions; with a blending overlap, the tile row overlapping the band above is run by both)
+and writes the cells inside its band to a block-aligned GeoTIFF part; cells outside are
+dropped, and cells blended with tiles it did not run are never finished. The client then copies the parts, band by band and
 block row by block row, into the final ``RasterSink`` (GeoTIFF or COG, the same metadata as a
 single run). So the pixels equal the single-process output, and each worker holds one band's
 unfinished strip, like a single run.
@@ -46,8 +46,8 @@ class BandSink:
         self.part.finish()
 
 
-def _tile_plan(image, settings: pipeline.Settings) -> tiling.TilePlan:
-    spec, _ = pipeline._plan(image, pipeline.resolve_run(image, settings), block=pipeline.output_block(settings.scale))
+def _tile_plan(image, run: pipeline.Run) -> tiling.TilePlan:
+    spec, _ = pipeline._plan(image, run, block=pipeline.output_block(run.settings.scale))
     return tiling.TilePlan(tuple(image.spatial_shape), spec)
 
 
@@ -75,7 +75,8 @@ def run_band(src: str, settings: pipeline.Settings, r0: int, r1: int, parts: str
     image = io.read(src)
     try:
         block = pipeline.output_block(settings.scale)
-        plan = _tile_plan(image, settings)
+        run = pipeline.resolve_run(image, settings)
+        plan = _tile_plan(image, run)
         width = image.spatial_shape[-1] * settings.scale
         path = Path(parts) / f"rows{r0:09d}.{os.getpid()}.tif"  # a retried band never meets a dead try's file
         meta = {**image.meta, "nodata": image.nodata}
@@ -83,7 +84,7 @@ def run_band(src: str, settings: pipeline.Settings, r0: int, r1: int, parts: str
 
         with RasterSink(path, (image.channels, r1 - r0, width), image.affine, meta, crs=image.crs,
                         block=block) as part:
-            pipeline._drain(pipeline.iter_enhance(image, BandSink(part, r0, r1, block), settings,
+            pipeline._drain(pipeline.iter_enhance(image, BandSink(part, r0, r1, block), run,
                                                   select=_touches(plan, r0, r1)), None)
     finally:
         image.data.close()
@@ -118,12 +119,12 @@ def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool
                                        precision=run.precision)
         note = pipeline.check_domain(image, run.model, settings.strict)
         out = pipeline.check_size(image, settings.scale, streamed_to=dst)
-        plan = _tile_plan(image, settings)
+        plan = _tile_plan(image, run)
         workers = sum(client.nthreads().values()) or 1
         limits = band_limits(plan, n_bands or 2 * workers)
         start = time.perf_counter()
         shape, block = (image.channels, *out), pipeline.output_block(settings.scale)
-        affine = geometry.upscaled_affine(image.affine, pipeline.inplane_factors(image, settings.scale))
+        affine = geometry.upscaled_affine(image.affine, run.factors)
         with io.atomic_output(dst) as tmp:
             parts = tmp.parent / "parts"
             parts.mkdir()
