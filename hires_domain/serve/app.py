@@ -132,11 +132,11 @@ def _warm_up() -> None:
     _model_for_checks("bicubic")
 
 
-def _check_model(params: dict, kind: str, path: Path) -> dict:
-    """Model, scale, diffusion options and input domain/bands checked before the task is queued."""
+def _check_model(params: dict, settings, kind: str, path: Path) -> dict:
+    """Model, scale, diffusion options (``settings``, from ``settings_for``) and input
+    domain/bands checked before the task is queued."""
     from .. import io
 
-    settings = settings_for(params)
     model = _model_for_checks(settings.model)
     channels = model.info.bands or 1
     if kind == "raster":  # opened lazily: the header only
@@ -194,7 +194,7 @@ def create_app(config: Config) -> FastAPI:
     def queue(who: str, params: dict, upload: UploadFile | None, source: str | None):
         """Check a request, store its input and create the task (one thread hop per submit);
         returns (task id, input kind, params)."""
-        settings_for(params)  # unknown model, bad scale or options: 400 before any copying
+        settings = settings_for(params)  # unknown model, bad scale or options: 400 before any copying
         if store.count_active(who) >= config.limits.max_queued:
             raise ApiError(429, f"this token has {config.limits.max_queued} tasks queued or running, the limit; "
                                 "wait for some to finish")
@@ -208,7 +208,7 @@ def create_app(config: Config) -> FastAPI:
             else:
                 path, kind = inspect_source(under_root(source, config.allow_root), d, config.limits)
             params["output_format"] = output_format(kind, params.get("output_format"))
-            params = _check_model(params, kind, path)
+            params = _check_model(params, settings, kind, path)
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
