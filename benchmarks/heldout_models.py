@@ -11,7 +11,8 @@ DATASET_DIR is the output of ``hires prepare datasets/<recipe>.yaml DATASET_DIR`
   window for CT), SAM for multi-band, and LR consistency come from ``hires_domain.metrics``.
   CT rows are also given per reserved scan and as the mean over scans.
 - Low-dose CT datasets: the noisy val slices (stored LR, same grid) against the model and
-  scikit-image's non-local means and total variation, whose strength is tuned on the train split.
+  scikit-image's non-local means and total variation, whose strength is tuned on the train split,
+  per validation protocol (benchmarks/ct_denoise_protocols.py adds BM3D and truth-tuned NLM).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def denoise_rows(dataset: Path, manifest: dict, model: str) -> dict:
     params = {m: _tune(m, train) for m in ("nlm", "tv")}
     results: dict = {}
     for rec, z in items(dataset, "val"):
-        dose = rec["params"].get("dose_fraction")
+        protocol = rec["id"].rsplit("-", 1)[-1]
         hr = as_image(z["hr"], manifest, z["valid"])
         noisy = as_image(z["lr"], manifest)
         preds = {"noisy input": noisy, model: hd.enhance(noisy, model=model, scale=1, device="cpu")}
@@ -198,7 +199,7 @@ def denoise_rows(dataset: Path, manifest: dict, model: str) -> dict:
         for method, pred in preds.items():
             for w in CT_RANGES:
                 metrics = evaluate_pair(pred, hr, window=w)["metrics"]
-                key = (f"dose {dose:g}", method, w or "HU")
+                key = (f"protocol {protocol}", method, w or "HU")
                 for name in ("psnr", "ssim"):
                     results.setdefault(key, {}).setdefault(name, []).append(metrics[name]["value"])
     return {" | ".join(k): {n: float(np.mean(v)) for n, v in vals.items()} for k, vals in results.items()}

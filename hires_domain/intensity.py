@@ -89,13 +89,17 @@ def true_colour_bands(infos: Sequence[dict]) -> tuple[tuple[int, int, int], str]
 HU_PADDING_BELOW = -1024.0  # no tissue (nor air) is below: CT values under it are padding
 
 
+NOISY_PADDING_MEDIAN = -2000.0  # reconstructions outside the FOV: noisy values around −3000 HU
+
+
 def mark_ct_padding(hu: np.ndarray, padding_hu: tuple[float, float] | None = None) -> float | None:
     """Turn CT padding into one nodata value, in place; returns it (None: no padding).
 
     Padding is every pixel below −1024 HU (outside the reconstruction circle; no tissue is
     there) and, when the header gives one, the DICOM PixelPaddingValue..PixelPaddingRangeLimit
     range ``padding_hu`` (in HU). The nodata value is the header's PixelPaddingValue, else the
-    most common padding value in the data (e.g. −3024 or −2000), so it is written back as it was.
+    padding's fill value (e.g. −3024 or −2000: one value for ≥ 90 % of it), else — noisy
+    padding, as scanners reconstruct outside the field of view — its median, rounded.
     """
     lo, hi = sorted(padding_hu) if padding_hu is not None else (np.nan, np.nan)
     pad = (hu < HU_PADDING_BELOW) | ((hu >= lo) & (hu <= hi))
@@ -103,21 +107,32 @@ def mark_ct_padding(hu: np.ndarray, padding_hu: tuple[float, float] | None = Non
         nodata = float(padding_hu[0])
     elif pad.any():
         values, counts = np.unique(hu[pad], return_counts=True)
-        nodata = float(values[np.argmax(counts)])
+        fill = counts.max() >= 0.9 * counts.sum()
+        nodata = float(values[np.argmax(counts)] if fill else np.round(np.median(hu[pad])))
     else:
         return None
     hu[pad] = nodata
     return nodata
 
 
-def looks_like_padded_ct(data: np.ndarray) -> bool:
-    """A volume without units that is CT with padding: air between −1024 and −900 HU, and the
-    values below −1024 mostly (≥ 90 %) one constant fill, as scanners write outside the FOV."""
+def _padding_kind(data: np.ndarray) -> str | None:
+    """'fill' or 'noisy' when the values below −1024 HU look like a scanner's padding outside the
+    field of view (with some air in −1024..−900 HU), else None: one constant for ≥ 90 % of them,
+    or noisy values with a median below −2000 HU (around −3000: never tissue nor air) and at most
+    0.1 % of the volume above 3071 HU (a phase image spreads both ways)."""
     below = data[data < HU_PADDING_BELOW]
     if below.size == 0 or np.count_nonzero((data >= -1024) & (data <= -900)) < 0.001 * data.size:
-        return False
+        return None
     _, counts = np.unique(below, return_counts=True)
-    return counts.max() >= 0.9 * below.size
+    if counts.max() >= 0.9 * below.size:
+        return "fill"
+    noisy = np.median(below) <= NOISY_PADDING_MEDIAN and np.mean(data > HU_CLIP[1]) <= 0.001
+    return "noisy" if noisy else None
+
+
+def looks_like_padded_ct(data: np.ndarray) -> bool:
+    """A volume without units that is CT with padding below −1024 HU (``_padding_kind``)."""
+    return _padding_kind(data) is not None
 
 
 CT_EVIDENCE_SAMPLE = 2_000_000  # values looked at (every k-th voxel of a larger volume)
@@ -129,7 +144,8 @@ def ct_evidence(data: np.ndarray) -> str | None:
     kept in ``Image.meta['ct_evidence']`` and shown by napari (layer metadata
     ``hires_window_reason``). CT-like means, on the finite values:
 
-    0. padded CT (``looks_like_padded_ct``): a constant fill below −1024 HU and some air; else
+    0. padded CT (``looks_like_padded_ct``): a constant fill, or noisy values around −3000 HU,
+       below −1024 HU and some air; else
     1. nothing below −1024 HU, at most 0.1 % above 3071 HU (metal), and either
        a. air or lung: ≥ 1 % of the voxels in −1024..−500 HU (an MR magnitude image is never
           negative; z-scored or phase images spread far beyond the CT range or are not this), or
@@ -145,11 +161,12 @@ def ct_evidence(data: np.ndarray) -> str | None:
     a = a[np.isfinite(a)]
     if a.size == 0:
         return None
-    if looks_like_padded_ct(data):
+    kind = _padding_kind(a)
+    if kind is not None:
         pad = float(np.mean(a < HU_PADDING_BELOW))
         air = float(np.mean((a >= -1024) & (a <= -900)))
-        return (f"CT-like intensities: {pad:.0%} of voxels one padding value below -1024 HU, "
-                f"{air:.0%} in air (-1024..-900 HU)")
+        what = "one padding value" if kind == "fill" else "noisy padding (outside the field of view)"
+        return f"CT-like intensities: {pad:.0%} of voxels {what} below -1024 HU, {air:.0%} in air (-1024..-900 HU)"
     if np.any(a < HU_PADDING_BELOW) or np.mean(a > HU_CLIP[1]) > 0.001:
         return None
     air = float(np.mean(a <= -500))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import shutil
 import time
@@ -271,6 +272,7 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
     lead = len(image.spatial_shape) - 2
     h = model.info.halo
     a = block // s.scale if block and block % s.scale == 0 else 1
+    a = math.lcm(a, model.info.phase)
     spec = tiling.TileSpec(
         tile=(1,) * lead + (run.tile, run.tile), overlap=(0,) * lead + (run.overlap, run.overlap),
         halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))

@@ -230,28 +230,48 @@ def test_low_dose_recipe_items(tmp_path):
     recipe = {"name": "t", "domain": "low-dose-ct",
               "sources": [{"path": str(SAMPLES / "ct_head_series")},
                           {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}],
-              "degradation": {"dose": [0.1, 0.5], "per_slice": 2, "val_doses": [0.25], "n_angles": 90}}
+              "degradation": {"photons": [1e4, 1e5], "per_slice": 2, "n_angles": [60, 90], "filter": ["ramp", "hann"],
+                              "electronic_sigma": [0.0, 2.0],
+                              "val_protocols": [{"name": "lo", "photons": 5e3, "n_angles": 90},
+                                                {"name": "hi", "photons": 5e5, "n_angles": 90, "filter": "hann"}]}}
     recipe = load_recipe(write(tmp_path, recipe))
     items = prep.plan(recipe)
     train = [it for it in items if it.split == "train"]
-    assert len(train) == 24 and all(0.1 <= it.params["dose_fraction"] <= 0.5 for it in train)
+    assert len(train) == 24 and all(1e4 <= it.params["photons"] <= 1e5 for it in train)
+    assert {it.params["n_angles"] for it in train} == {60, 90} and {it.params["filter"] for it in train} == {"ramp", "hann"}
+    assert all(0.0 <= it.params["electronic_sigma"] <= 2.0 for it in train)
     val = [it for it in items if it.split == "val"]
-    assert [it.params["dose_fraction"] for it in val] == [0.25]
-    out = prep.process(val[0], recipe)
-    assert out["hr"].shape == out["lr"].shape == (1, 128, 128)
-    assert 5.0 < np.std(out["lr"] - out["hr"]) < 300.0
+    assert [it.id.rsplit("-", 1)[1] for it in val] == ["lo", "hi"]
+    lo, hi = (prep.process(it, recipe) for it in val)
+    assert lo["hr"].shape == lo["lr"].shape == (1, 128, 128)
+    # the target is the noise-free reconstruction of the same protocol: the Hann kernel's is smoother
+    assert not np.allclose(lo["hr"], hi["hr"])
+    assert np.abs(np.diff(hi["hr"][0], axis=1)).mean() < np.abs(np.diff(lo["hr"][0], axis=1)).mean()
+    noise = {k: np.std(a["lr"] - a["hr"]) for k, a in (("lo", lo), ("hi", hi))}
+    assert 5.0 < noise["hi"] < noise["lo"] / 5 and noise["lo"] < 500.0
+
+
+def test_low_dose_recipe_refuses_bad_protocols(tmp_path):
+    base = {"name": "t", "domain": "low-dose-ct", "sources": [{"path": str(SAMPLES / "ct_head_series")}]}
+    for bad, field in (({"photons": [1e5, 1e4], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90}]},
+                        "degradation"),
+                       ({"photons": [1e4, 1e5], "val_protocols": []}, "degradation.val_protocols"),
+                       ({"photons": [1e4, 1e5], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90,
+                                                                   "filter": "sharp"}]}, "degradation.val_protocols")):
+        with pytest.raises(HiresError, match=f"field '{field}"):
+            load_recipe(write(tmp_path, {**base, "degradation": bad}))
 
 
 def test_low_dose_recipe_takes_mapped_phantom_sources(tmp_path):
-    recipe = {"name": "t", "domain": "low-dose-ct", "degradation": {"dose": [0.25, 0.25], "n_angles": 90},
+    recipe = {"name": "t", "domain": "low-dose-ct",
+              "degradation": {"photons": [2.5e4, 2.5e4], "n_angles": [90],
+                              "val_protocols": [{"name": "a", "photons": 2.5e4, "n_angles": 90}]},
               "sources": [{"path": str(DICOM / "bad_sequence.dcm"), "to_range": [-1000.0, 1000.0]},
                           {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}]}
     recipe = load_recipe(write(tmp_path, recipe))
     train = next(it for it in prep.plan(recipe) if it.split == "train")
     assert train.params["map_linear"] is not None and train.params["hu_floor"] is None
     out = prep.process(train, recipe)
-    lo, hi = np.percentile(out["hr"], [0.5, 99.5])
-    assert lo == pytest.approx(-1000.0, abs=1.0) and hi == pytest.approx(1000.0, abs=1.0)
     assert out["valid"].all() and 5.0 < np.std(out["lr"] - out["hr"]) < 1000.0  # 90 views: streaks too
 
 

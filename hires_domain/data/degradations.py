@@ -175,6 +175,40 @@ def mu_to_hu(mu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
     return 1000.0 * (mu / mu_water - 1.0)
 
 
+def ct_sinogram(hu: np.ndarray, pixel_mm: float, n_angles: int) -> np.ndarray:
+    """Noise-free line integrals ``p = ∫ μ dl`` of one square HU slice: parallel beam, ``n_angles``
+    over 180° (``skimage.transform.radon``), scaled by the pixel size in mm."""
+    from skimage.transform import radon
+
+    h, w = hu.shape
+    if h != w:
+        raise ValueError(f"CT simulation needs a square slice, got {h}x{w}")
+    return radon(hu_to_mu(hu), _angles(n_angles), circle=False) * pixel_mm
+
+
+def ct_counts(p: np.ndarray, photons: float, rng: np.random.Generator, electronic_sigma: float = 0.0) -> np.ndarray:
+    """Measured line integrals: ``N ~ Poisson(photons · exp(-p))`` (+ Gaussian electronic noise of
+    ``electronic_sigma`` counts), ``p̂ = -ln(max(N, 0.5) / photons)``; ``photons`` is the
+    unattenuated count per detector bin (I0 · dose)."""
+    counts = rng.poisson(photons * np.exp(-p)).astype(np.float64)
+    if electronic_sigma > 0:
+        counts += rng.normal(0.0, electronic_sigma, counts.shape)
+    return -np.log(np.maximum(counts, 0.5) / photons)
+
+
+def ct_reconstruct(p: np.ndarray, pixel_mm: float, size: int, filter_name: str = "ramp") -> np.ndarray:
+    """Filtered back-projection (``skimage.transform.iradon``, ``filter_name``) of line integrals
+    over ``p.shape[1]`` angles back to a ``size``² HU slice."""
+    from skimage.transform import iradon
+
+    mu = iradon(p / pixel_mm, _angles(p.shape[1]), output_size=size, circle=False, filter_name=filter_name)
+    return mu_to_hu(mu)
+
+
+def _angles(n: int) -> np.ndarray:
+    return np.linspace(0.0, 180.0, n, endpoint=False)
+
+
 def low_dose_ct(hu: np.ndarray, pixel_mm: float, dose_fraction: float, rng: np.random.Generator | None,
                 i0: float = 1e5, electronic_sigma: float = 0.0, n_angles: int = 360,
                 filter_name: str = "ramp") -> np.ndarray:
@@ -182,21 +216,9 @@ def low_dose_ct(hu: np.ndarray, pixel_mm: float, dose_fraction: float, rng: np.r
 
     ``i0`` is the unattenuated photon count per detector bin at full dose, ``dose_fraction``
     scales it, ``electronic_sigma`` is Gaussian detector noise in counts; ``rng=None`` gives the
-    noise-free reconstruction (the FBP round trip alone). Parallel beam, ``n_angles`` over 180°,
-    reconstruction with ``skimage.transform.iradon`` and ``filter_name``.
+    noise-free reconstruction (the FBP round trip alone).
     """
-    from skimage.transform import iradon, radon
-
-    h, w = hu.shape
-    if h != w:
-        raise ValueError(f"low_dose_ct needs a square slice, got {h}x{w}")
-    theta = np.linspace(0.0, 180.0, n_angles, endpoint=False)
-    p = radon(hu_to_mu(hu), theta, circle=False) * pixel_mm
+    p = ct_sinogram(hu, pixel_mm, n_angles)
     if rng is not None:
-        expected = i0 * dose_fraction * np.exp(-p)
-        counts = rng.poisson(expected).astype(np.float64)
-        if electronic_sigma > 0:
-            counts += rng.normal(0.0, electronic_sigma, counts.shape)
-        p = -np.log(np.maximum(counts, 0.5) / (i0 * dose_fraction))
-    mu = iradon(p / pixel_mm, theta, output_size=h, circle=False, filter_name=filter_name)
-    return mu_to_hu(mu)
+        p = ct_counts(p, i0 * dose_fraction, rng, electronic_sigma)
+    return ct_reconstruct(p, pixel_mm, hu.shape[0], filter_name)

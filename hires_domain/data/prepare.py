@@ -319,17 +319,20 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
             out.append(Item(iid, label, inp, {"slice": z}, split, params))
         return out
     out = []
-    doses = [(f"d{int(round(x * 100))}", x) for x in d.val_doses] if split == "val" else \
-        [(f"t{k}", None) for k in range(d.per_slice)]
-    for tag, dose in doses:
+    if split == "val":
+        protocols = [(p.name, p.model_dump(exclude={"name"})) for p in d.val_protocols]
+    else:  # training: one protocol per acquisition, drawn from the item's seed
+        protocols = [(f"t{k}", None) for k in range(d.per_slice)]
+    for tag, proto in protocols:
         iid = f"{prefix}-{tag}"
         seed = item_seed(recipe.seed, iid)
-        if dose is None:  # training: log-uniform over the dose range, drawn from the item's seed
-            lo, hi = d.dose
-            dose = float(math.exp(param_rng(seed).uniform(math.log(lo), math.log(hi))))
-        params = {**base, "scale": 1, "dose_fraction": dose, "i0": d.i0, "electronic_sigma": d.electronic_sigma,
-                  "n_angles": d.n_angles, "filter": d.filter, "seed": seed}
-        out.append(Item(iid, label, inp, {"slice": z}, split, params))
+        if proto is None:
+            draw = param_rng(seed)
+            lo, hi = d.photons
+            proto = {"photons": float(math.exp(draw.uniform(math.log(lo), math.log(hi)))),
+                     "n_angles": int(_draw(list(d.n_angles), draw)), "filter": _draw(list(d.filter), draw),
+                     "electronic_sigma": _draw(tuple(d.electronic_sigma), draw)}
+        out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out
 
 
@@ -346,8 +349,8 @@ def _process_medical(item: Item, recipe) -> dict:
     if p["hu_floor"] is not None:
         valid &= img >= p["hu_floor"]
     hr = np.where(valid, img, AIR_HU if p["hu_floor"] is not None else fill_invalid(img[None], valid)[0])
-    if "dose_fraction" in p:
-        lr = _low_dose(hr, p)
+    if "photons" in p:
+        hr, lr = _low_dose(hr, p, (item.input, item.location["slice"], tuple(p["pixel_mm"])))
         lr_valid = valid
     else:
         lr = deg.inplane_lr(hr, s, p["fwhm_mm"], p["pixel_mm"], p["decimation"])
@@ -356,16 +359,30 @@ def _process_medical(item: Item, recipe) -> dict:
     return {"hr": hr[None], "lr": lr[None], "valid": valid, "lr_valid": lr_valid}
 
 
-def _low_dose(hu: np.ndarray, p: dict) -> np.ndarray:
-    """Simulate on the slice padded to a square with air, then crop back."""
+def _low_dose(hu: np.ndarray, p: dict, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(noise-free, low-dose) reconstructions of one protocol, simulated on the slice padded to a
+    square with air and cropped back. ``key`` names the slice: its sinograms and noise-free
+    reconstructions are cached per process (items come slice by slice and share them)."""
     h, w = hu.shape
     n = max(h, w)
-    square = np.full((n, n), AIR_HU)
-    square[:h, :w] = hu
     pixel = float(np.mean(p["pixel_mm"]))
-    out = deg.low_dose_ct(square, pixel, p["dose_fraction"], np.random.default_rng(p["seed"]), p["i0"],
-                          p["electronic_sigma"], p["n_angles"], p["filter"])
-    return out[:h, :w]
+    if _CT_CACHE.get("key") != key:
+        square = np.full((n, n), AIR_HU)
+        square[:h, :w] = hu
+        _CT_CACHE.clear()
+        _CT_CACHE.update(key=key, square=square)
+    sino = _CT_CACHE.get(("sino", p["n_angles"]))
+    if sino is None:
+        sino = _CT_CACHE[("sino", p["n_angles"])] = deg.ct_sinogram(_CT_CACHE["square"], pixel, p["n_angles"])
+    clean_key = ("clean", p["n_angles"], p["filter"])
+    if clean_key not in _CT_CACHE:
+        _CT_CACHE[clean_key] = deg.ct_reconstruct(sino, pixel, n, p["filter"])
+    noisy = deg.ct_counts(sino, p["photons"], np.random.default_rng(p["seed"]), p["electronic_sigma"])
+    noisy = deg.ct_reconstruct(noisy, pixel, n, p["filter"])
+    return _CT_CACHE[clean_key][:h, :w], noisy[:h, :w]
+
+
+_CT_CACHE: dict = {}
 
 
 # ---------------------------------------------------------------- driver

@@ -152,20 +152,42 @@ class MedicalDegradation(_Model):
         return self
 
 
-class DoseDegradation(_Model):
-    dose: tuple[float, float] = Field(description="training dose fractions, drawn log-uniformly")
-    val_doses: list[float] = [0.25]
-    per_slice: int = Field(default=1, gt=0)
-    i0: float = Field(default=1e5, gt=0.0)
+CtFilter = Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]
+
+
+class CtProtocol(_Model):
+    """One simulated acquisition protocol (a validation item per reserved slice)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    photons: float = Field(gt=0.0, description="unattenuated counts per detector bin (I0 · dose)")
+    n_angles: int = Field(ge=16)
+    filter: CtFilter = "ramp"
     electronic_sigma: float = Field(default=0.0, ge=0.0)
-    n_angles: int = Field(default=360, ge=16)
-    filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+
+
+class DoseDegradation(_Model):
+    """Training protocols are drawn per acquisition: photons log-uniform in ``photons``, views and
+    reconstruction filter from their lists, electronic noise uniform in its range. The target is
+    the noise-free reconstruction of the same protocol (same views and filter)."""
+
+    photons: tuple[float, float] = Field(description="training counts per detector bin, drawn log-uniformly")
+    n_angles: list[int] = Field(default=[360], min_length=1)
+    filter: list[CtFilter] = Field(default=["ramp"], min_length=1)
+    electronic_sigma: tuple[float, float] = (0.0, 0.0)
+    per_slice: int = Field(default=1, gt=0)
+    val_protocols: list[CtProtocol] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _doses(self):
-        lo, hi = self.dose
-        if not 0.0 < lo <= hi <= 1.0 or not self.val_doses or not all(0.0 < d <= 1.0 for d in self.val_doses):
-            raise ValueError("dose fractions must lie in (0, 1] (dose as [lo, hi], lo <= hi)")
+    def _ranges(self):
+        lo, hi = self.photons
+        if not 0.0 < lo <= hi:
+            raise ValueError("photons must be [lo, hi] with 0 < lo <= hi")
+        if min(self.n_angles) < 16:
+            raise ValueError("n_angles must be at least 16")
+        if not 0.0 <= self.electronic_sigma[0] <= self.electronic_sigma[1]:
+            raise ValueError("electronic_sigma must be [lo, hi] with 0 <= lo <= hi")
+        if len({p.name for p in self.val_protocols}) != len(self.val_protocols):
+            raise ValueError("val_protocols need distinct names")
         return self
 
 

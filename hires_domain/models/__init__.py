@@ -21,6 +21,7 @@ class ModelInfo:
     scales: tuple[int, ...]  # in-plane factors it can do
     bands: int | None = None  # channels it takes; None = any
     halo: int = 0  # input pixels of context per side needed for seam-free tiling
+    phase: int = 1  # tile input windows must start on multiples of this (2: networks on 2x2 sub-images)
     card: str = ""  # model card path under docs/
 
     @property

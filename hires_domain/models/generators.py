@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import HiresError
 
 SCALES = (1, 2, 4)
-ARCHS = ("msrresnet", "rrdb")
+ARCHS = ("msrresnet", "rrdb", "dilated")  # dilated: the x1 denoiser of models/denoisers.py
 BICUBIC_RADIUS = 2  # Keys cubic: 4 taps, two on each side
 
 # size presets: (nf, nb[, gc])
@@ -33,6 +33,15 @@ PRESETS = {
     "rrdb": {"tiny": dict(nf=8, nb=1, gc=8), "small": dict(nf=32, nb=3, gc=16), "medium": dict(nf=48, nb=8, gc=24),
              "full": dict(nf=64, nb=23, gc=32)},
 }
+
+
+def presets(arch: str) -> dict:
+    """Size presets of ``arch``."""
+    if arch == "dilated":
+        from .denoisers import PRESETS as DENOISER_PRESETS
+
+        return DENOISER_PRESETS
+    return PRESETS[arch]
 
 
 def _base(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -209,22 +218,29 @@ class RRDBNet(_Residual):
 
 
 def resolve_hparams(arch: str, size: str | None = None, **overrides) -> dict:
-    """Preset values for ``arch``/``size`` with explicit ``nf``/``nb``/``gc`` overrides (None ignored)."""
+    """Preset values for ``arch``/``size`` with explicit ``nf``/``nb``/``gc``/``dilations``
+    overrides (None ignored)."""
     if arch not in ARCHS:
         raise HiresError(f"unknown generator '{arch}'; known: {', '.join(ARCHS)}")
     size = size or "small"
-    if size not in PRESETS[arch]:
-        raise HiresError(f"unknown generator size '{size}'; known: {', '.join(PRESETS[arch])}")
-    hp = dict(PRESETS[arch][size])
+    table = presets(arch)
+    if size not in table:
+        raise HiresError(f"unknown generator size '{size}'; known: {', '.join(table)}")
+    hp = dict(table[size])
     hp.update({k: v for k, v in overrides.items() if v is not None and k in hp})
     return hp
 
 
 def build_generator(arch: str, in_ch: int, out_ch: int, scale: int, zero_last: bool = True, **hp) -> nn.Module:
-    """A generator from ``hparams()``-style arguments (``nf``, ``nb``, ``gc``)."""
+    """A generator from ``hparams()``-style arguments (``nf``, ``nb``, ``gc``, ``dilations``)."""
     if arch == "msrresnet":
         return MSRResNet(in_ch, out_ch, scale, nf=hp.get("nf", 64), nb=hp.get("nb", 16), zero_last=zero_last)
     if arch == "rrdb":
         return RRDBNet(in_ch, out_ch, scale, nf=hp.get("nf", 64), nb=hp.get("nb", 23), gc=hp.get("gc", 32),
                        zero_last=zero_last)
+    if arch == "dilated":
+        from .denoisers import DilatedDenoiser
+
+        return DilatedDenoiser(in_ch, out_ch, scale, nf=hp.get("nf", 48), dilations=hp.get("dilations", (1, 2, 1)),
+                               zero_last=zero_last)
     raise HiresError(f"unknown generator '{arch}'; known: {', '.join(ARCHS)}")

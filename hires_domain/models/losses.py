@@ -44,6 +44,12 @@ def l1_loss(pred, target, mask=None):
     return _masked_mean((pred - target).abs(), _mask(mask, pred))
 
 
+def window_l1_loss(pred, target, lo: float, hi: float, mask=None):
+    """L1 between both images clamped to the display window ``[lo, hi]`` (network units), divided
+    by its width: the error a reader sees in that window (CT soft tissue), at unit scale."""
+    return l1_loss(pred.clamp(lo, hi), target.clamp(lo, hi), mask) / (hi - lo)
+
+
 def _gaussian(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))

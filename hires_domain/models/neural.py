@@ -45,7 +45,7 @@ def model_json(name: str, generator, normaliser: Normaliser, domain: str, bands,
             "summary": summary or f"{hp['arch']} x{hp['scale']} ({domain}, {len(bands)} band(s))",
             "family": "srgan", "domain": domain, "scale": hp["scale"], "bands": list(bands),
             "generator": hp, "normalisation": normaliser.to_dict(), "halo": generator.receptive_radius(),
-            "card": card, "training": training or {}}
+            "phase": getattr(generator, "phase", 1), "card": card, "training": training or {}}
     if input_domain is not None:
         meta["input_domain"] = input_domain
     return meta
@@ -89,7 +89,7 @@ class NeuralModel(Model):
         self.meta = meta or read_model_json(self.path)
         m = self.meta
         self.info = ModelInfo(m["name"], m.get("summary", ""), m.get("family", "srgan"), (m["domain"],),
-                              (int(m["scale"]),), len(m["bands"]), int(m["halo"]), m.get("card", ""))
+                              (int(m["scale"]),), len(m["bands"]), int(m["halo"]), int(m.get("phase", 1)), m.get("card", ""))
         self.normaliser = Normaliser.from_dict(m["normalisation"])
         self.input_domain = m.get("input_domain")
         self.precision_checks = m.get("precision")

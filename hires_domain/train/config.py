@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import HiresError
-from ..models.generators import PRESETS, SCALES
+from ..models.generators import SCALES, presets
 from ..settings_files import read_mapping, validation_error
 
 
@@ -39,11 +39,12 @@ class _RunPaths(_Strict):
 
 
 class GeneratorCfg(_Strict):
-    arch: Literal["msrresnet", "rrdb"] = "msrresnet"
+    arch: Literal["msrresnet", "rrdb", "dilated"] = "msrresnet"  # dilated: x1 denoisers only
     size: Literal["tiny", "small", "medium", "full"] = "small"
     nf: Optional[int] = Field(None, ge=1)
     nb: Optional[int] = Field(None, ge=0)
     gc: Optional[int] = Field(None, ge=1)
+    dilations: Optional[list[int]] = Field(None, min_length=1)  # dilated only
 
 
 class DiscriminatorCfg(_Strict):
@@ -57,6 +58,8 @@ class LossCfg(_Strict):
     ssim: float = Field(0.0, ge=0)
     sam: float = Field(0.0, ge=0)  # spectral angle, multi-band only
     perceptual: float = Field(0.0, ge=0)  # VGG19, only when its weights are found offline
+    window_l1: float = Field(0.0, ge=0)  # L1 inside a display window (CT only), divided by its width
+    window: tuple[float, float] = (-160.0, 240.0)  # HU; default the soft-tissue window C40/W400
     gan: float = Field(0.005, ge=0)  # adversarial phase only
     feature_match: float = Field(0.0, ge=0)  # adversarial phase only
 
@@ -79,6 +82,7 @@ class TrainCfg(_Strict):
     val_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the generator's forward pass
 
 
 class ValCfg(_Strict):
@@ -169,7 +173,7 @@ def check_dataset(cfg: TrainConfig, where: str = "config") -> dict:
         if cfg.train.patch_size % mult:
             raise HiresError(f"{where}: field 'train.patch_size': {cfg.train.patch_size} must be a multiple of "
                              f"{mult} for the {cfg.discriminator.arch} discriminator")
-    if cfg.generator.size not in PRESETS[cfg.generator.arch]:
+    if cfg.generator.size not in presets(cfg.generator.arch):
         raise HiresError(f"{where}: field 'generator.size': unknown size")
     counts = manifest.get("counts", {})
     for split in ("train", "val"):

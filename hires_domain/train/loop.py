@@ -35,7 +35,7 @@ import torch
 
 from .. import __version__
 from ..errors import HiresError
-from ..intensity import Normaliser
+from ..intensity import HU_SCALE, Normaliser
 from ..metrics import psnr, ssim
 from ..models import domain as input_domain
 from ..models import losses as L
@@ -50,7 +50,7 @@ from .ldm_config import LdmConfig
 
 log = logging.getLogger("hires_domain.train")
 
-CSV_FIELDS = ["step", "phase", "loss", "l1", "ssim", "sam", "perceptual", "gan", "feature_match", "d_loss",
+CSV_FIELDS = ["step", "phase", "loss", "l1", "window_l1", "ssim", "sam", "perceptual", "gan", "feature_match", "d_loss",
               "val_psnr", "val_ssim", "lr", "seconds"]
 KEEP_CHECKPOINTS = 3
 
@@ -188,7 +188,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         g = cfg.generator
-        self.hp = resolve_hparams(g.arch, g.size, nf=g.nf, nb=g.nb, gc=g.gc)
+        self.hp = resolve_hparams(g.arch, g.size, nf=g.nf, nb=g.nb, gc=g.gc, dilations=g.dilations)
         self.G = build_generator(g.arch, c, c, self.scale, **self.hp).to(self.device)
         root = cfg.dataset_dir
         train_items = load_split(root, self.manifest, "train")
@@ -210,6 +210,9 @@ class Trainer:
         if w.sam > 0 and c < 2:
             self.say("spectral-angle loss disabled: the dataset has 1 band")
             self.w["sam"] = 0.0
+        if w.window_l1 > 0 and self.norm.kind != "hu":
+            raise HiresError("losses.window_l1 needs a CT (HU) dataset")
+        self.window = tuple(float(v) / HU_SCALE for v in np.clip(w.window, *self.norm.clip)) if self.norm.kind == "hu" else None
         self.perceptual = None
         if w.perceptual > 0:
             path, why = L.perceptual_status()
@@ -247,6 +250,8 @@ class Trainer:
     # -- losses
     def pixel_losses(self, fake, hr, mask) -> dict:
         out = {"l1": L.l1_loss(fake, hr, mask)}
+        if self.w["window_l1"] > 0:
+            out["window_l1"] = L.window_l1_loss(fake, hr, *self.window, mask)
         if self.w["ssim"] > 0:
             out["ssim"] = L.ssim_loss(fake, hr, mask, self.norm.data_range)
         if self.w["sam"] > 0:
@@ -276,7 +281,9 @@ class Trainer:
         b = self.sampler.batch(t.batch_size, self.device, self.world.shard)
         hr, mask = b["hr"], b["valid"]
         self.G.train()
-        fake = self.G_ddp(b["lr"])
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+            fake = self.G_ddp(b["lr"])
+        fake = fake.float()
         parts = self.pixel_losses(fake, hr, mask)
         loss = sum(self.w[k] * v for k, v in parts.items())
         d_loss = None
