@@ -19,7 +19,7 @@ from hires_domain import geometry
 from hires_domain.intensity import looks_like_padded_ct, mark_ct_padding
 from hires_domain.io.dicom import read_dicom
 from hires_domain.io.nifti import read_nifti
-from support import dciodvfy_errors, hires
+from support import SAMPLES, dciodvfy_errors, hires
 
 
 def padded(name: str) -> Path:
@@ -108,3 +108,23 @@ def test_padding_detection_rules():
     mr = read_dicom(Path(get_testdata_file("MR_small.dcm")))
     assert mr.nodata is None and not looks_like_padded_ct(mr.array())
     assert not looks_like_padded_ct(np.array([-2000.0, -1500.0, -1200.0, 10.0], np.float32))  # no air, no fill
+
+
+def test_noisy_padding_of_a_real_scanner_slice_in_nifti_stays_padding(tmp_path, capsys):
+    """The bundled low-dose slice (real 693_UNCI geometry and its own padding: noisy values around
+    -3000 HU outside the field of view, no constant fill, no header saying so) is recognised as CT;
+    the padding is never denoised and comes back below -1024 HU, the field of view above it."""
+    import nibabel as nib
+
+    src = SAMPLES / "ct_lowdose.nii.gz"
+    raw = np.asarray(nib.load(src).dataobj)[:, :, 0]
+    pad = raw < -1024
+    assert 0.2 < pad.mean() < 0.4 and np.unique(raw[pad]).size > 100  # noisy, not one fill value
+    img = read_nifti(src)
+    assert img.units == "HU" and "noisy padding" in img.meta["ct_evidence"]
+    assert img.nodata < -2000  # the padding's median, around -3000 HU
+    code, _, _ = hires(capsys, "enhance", src, tmp_path / "out.nii.gz", "--model", "ct-denoise")
+    assert code == 0
+    out = np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj)[:, :, 0]
+    np.testing.assert_array_equal(out < -1024, pad)
+    assert np.all(out[pad] == img.nodata)

@@ -1,4 +1,4 @@
-"""npe2 sample data: the bundled CT head series and Sentinel-2 crop, opened by the readers."""
+"""npe2 sample data: the bundled CT head series, low-dose CT slice and Sentinel-2 crop, opened by the readers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def sample_path(name: str) -> Path:
 def ct_series() -> list[tuple]:
     """CT head series (bundled): 12 axial slices, soft-tissue window."""
     return read_layers(sample_path("ct_head_series"), layers.BANDS)
+
+
+def ct_lowdose() -> list[tuple]:
+    """A real CT slice (693_UNCI) at a simulated low dose (bundled NIfTI, noisy padding outside
+    the field of view as scanners write it): soft-tissue window, ready for ct-denoise."""
+    return read_layers(sample_path("ct_lowdose.nii.gz"), layers.BANDS)
 
 
 def s2_crop() -> list[tuple]:

@@ -319,3 +319,11 @@ def test_sample_data(viewer, corner_worlds, ct_series_dir, s2_path):
     s2 = viewer.open_sample(PLUGIN, "s2_crop")
     assert len(s2) == 5 and s2[0].rgb and s2[1].name == "s2_crop [B02]" and not s2[1].visible
     assert len(viewer.layers) == 6
+
+
+def test_low_dose_sample_opens_in_the_soft_tissue_window_with_its_noisy_padding_as_padding(viewer):
+    """A real scanner slice saved as NIfTI: noisy values around -3000 HU outside the field of
+    view (no constant fill). It opens as CT in the soft-tissue window, not at its min..max."""
+    (ct,) = viewer.open_sample(PLUGIN, "ct_lowdose")
+    assert tuple(ct.contrast_limits) == (-160.0, 240.0)
+    assert "noisy padding" in ct.metadata["hires_window_reason"]
