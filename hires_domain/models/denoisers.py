@@ -39,6 +39,9 @@ class DilatedDenoiser(_Residual):
         self.conv_first = nn.Conv2d(4 * in_ch, nf, 3, 1, 1)
         self.body = nn.ModuleList(nn.Conv2d(nf, nf, 3, 1, d, dilation=d) for d in self.dilations)
         self.conv_last = nn.Conv2d(nf, 4 * out_ch, 3, 1, 1)
+        for conv in (self.conv_first, *self.body):  # He init: a deep plain ReLU stack keeps its signal
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
         self._init_last(self.conv_last)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:

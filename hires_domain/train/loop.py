@@ -484,7 +484,7 @@ def _train(cfg, resume, device, progress, export, export_dir, stop_at, say) -> d
                "seconds": round(tr.elapsed, 2), "device": str(tr.device), "resumed_from": resumed_from,
                "probe_l1_initial": probe_initial, "probe_l1_final": probe_final,
                "val_base": base, "val": val, "metric_range": tr.metric_range,
-               "losses": {k: v for k, v in tr.w.items() if v > 0}, "dataset": str(cfg.dataset_dir),
+               "losses": {k: v for k, v in tr.w.items() if not isinstance(v, (int, float)) or v > 0}, "dataset": str(cfg.dataset_dir),
                "dataset_name": tr.manifest["name"], "generator": tr.G.hparams(), "seed": cfg.seed}
     if summary["finished"] and main:
         training = {k: summary[k] for k in ("steps", "seconds", "device", "val_base", "val", "dataset_name", "seed")}
