@@ -51,6 +51,10 @@ def _band_names(image: Image) -> list[str]:
 def describe(path: Path, series: str | None = None) -> dict:
     """Everything `hires info` shows, as plain JSON-able values."""
     path = Path(path)
+    from .io import s2_product
+
+    if s2_product.is_product(path):
+        return _describe_product(s2_product.open_product(path))
     kind = io.detect(path)
     d: dict = {"path": str(path), "format": kind}
     if kind == "dicom":
@@ -77,20 +81,53 @@ def describe(path: Path, series: str | None = None) -> dict:
         if image.meta.get(key) is not None:
             d[key] = list(image.meta[key])
     if image.crs:
-        from rasterio.crs import CRS
-        from rasterio.errors import CRSError
-
-        try:
-            d["crs"] = CRS.from_wkt(image.crs).to_string()
-        except CRSError:  # a CRS PROJ cannot round-trip: show it as stored
-            d["crs"] = " ".join(image.crs.split())
+        d["crs"] = _crs_text(image.crs)
     d["intensity"] = _intensity(image)
     return d
+
+
+def _crs_text(wkt: str) -> str:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_wkt(wkt).to_string()
+    except CRSError:  # a CRS PROJ cannot round-trip: show it as stored
+        return " ".join(wkt.split())
+
+
+def _describe_product(product) -> dict:
+    """A Sentinel-2 product: its radiometry and each band file's own grid (no pixels read)."""
+    return {
+        "path": product.path, "format": "s2-product", "kind": product.kind, "level": product.level,
+        "baseline": product.baseline, "quantification": product.quantification, "offsets": dict(product.offsets),
+        "provenance": product.provenance, "crs": _crs_text(next(iter(product.bands.values())).crs),
+        "bands": [{"name": b.name, "resolution": b.resolution, "shape": list(b.shape),
+                   "origin": [b.transform[2], b.transform[5]], "dtype": b.dtype, "nodata": b.nodata, "path": b.path}
+                  for b in product.bands.values()],
+    }
+
+
+def _render_product(d: dict, console: Console) -> None:
+    console.print(f"  {d['kind']}   level {d['level'] or '-'}   baseline {d['baseline'] or '-'}   "
+                  f"quantification {d['quantification']:g}   crs {d['crs']}", soft_wrap=True)
+    offsets = sorted(set(d["offsets"].values()))
+    shown = f"{offsets[0]:g} (every band)" if len(offsets) == 1 else \
+        ", ".join(f"{b} {v:g}" for b, v in d["offsets"].items())
+    console.print(f"  DN offsets: {shown}", soft_wrap=True)
+    console.print(f"  {d['provenance']}", soft_wrap=True, markup=False)
+    for b in d["bands"]:
+        nodata = "-" if b["nodata"] is None else f"{b['nodata']:g}"
+        console.print(f"    {b['name']:<4} {b['resolution']:>3g} m  {b['shape'][0]} x {b['shape'][1]}  "
+                      f"origin {b['origin'][0]:.10g}, {b['origin'][1]:.10g}  {b['dtype']}  nodata {nodata}",
+                      soft_wrap=True)
 
 
 def render(d: dict, console: Console) -> None:
     """Human summary of ``describe``'s dict."""
     console.print(f"[bold]{d['path']}[/bold]  ({d['format']})")
+    if d["format"] == "s2-product":
+        return _render_product(d, console)
     for s in d.get("series", []):
         console.print(f"  series {s['uid']}  \"{s.get('description', '')}\"  {s.get('modality', '')}  "
                       f"{s['slices']} slice(s)  {s.get('rows')}x{s.get('columns')}")

@@ -267,6 +267,7 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
     ``block``: the writer's output block size; tiles then start on multiples of block/scale so
     that finished cells are whole blocks (written once, without buffering). CT (HU) outputs are
     floored at −1024 HU: lower values are padding by convention (intensity.mark_ct_padding).
+    A Sentinel-2 product's ``dn_offsets`` are added before the model and removed after.
     """
     s, model = run.settings, run.model
     lead = len(image.spatial_shape) - 2
@@ -278,14 +279,20 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
         halo=(0,) * lead + (h, h), scale=(1,) * lead + (s.scale, s.scale), align=(1,) * lead + (a, a))
 
     floor = HU_PADDING_BELOW if image.units == "HU" else None
+    offsets = image.meta.get("dn_offsets")  # Sentinel-2 baseline >= 04.00: models see DN + offset
+    shift = torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1) if offsets and any(offsets) else None
 
     def predict(x, origins=None):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
+        if shift is not None:
+            flat = flat + shift.to(flat.device, flat.dtype)
         y = model.predict(flat, s.scale) if origins is None else model.predict_at(flat, s.scale, origins)
         if floor is not None:  # CT output below -1024 HU would read back as padding
             y[:, :image.channels] = y[:, :image.channels].clamp_min(floor)
         if s.strength != 1.0:  # x1 only (Settings): a blend per tile, before the (linear) tile blending;
             y = flat + s.strength * (y - flat)  # invalid pixels are written as nodata by the sink anyway
+        if shift is not None:
+            y[:, :image.channels] = y[:, :image.channels] - shift.to(y.device, y.dtype)
         return y.reshape(x.shape[0], y.shape[1], *(1,) * lead, *y.shape[-2:])
 
     predict.wants_origin = s.sampling is not None  # diffusion: noise is keyed by global position

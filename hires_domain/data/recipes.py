@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
+from ..errors import HiresError
 from ..io import RASTER_SUFFIXES
 from ..settings_files import field_error, read_mapping, validation_error
 

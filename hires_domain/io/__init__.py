@@ -12,12 +12,15 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 
 
 def detect(path: Path) -> str:
-    """'dicom', 'nifti' or 'raster' for an existing input path (one-line error otherwise)."""
-    from . import dicom, nifti
+    """'dicom', 'nifti', 'raster' or 's2-product' (a Sentinel-2 SAFE directory or zip, or a
+    directory of band files) for an existing input path (one-line error otherwise)."""
+    from . import dicom, nifti, s2_product
 
     path = Path(path)
     if not path.exists():
         raise HiresError(f"no such file or directory: {path}")
+    if s2_product.is_product(path):
+        return "s2-product"
     if path.is_dir():
         return "dicom"
     try:
@@ -35,14 +38,18 @@ def detect(path: Path) -> str:
     return "raster"
 
 
-def read(path, series: str | None = None) -> Image:
-    """Read a DICOM series/file, a NIfTI volume or a raster into the one Image model."""
+def read(path, series: str | None = None, bands: tuple[str, ...] | None = None) -> Image:
+    """Read a DICOM series/file, a NIfTI volume, a raster or a Sentinel-2 product (``bands``: which,
+    by name; default all but B10) into the one Image model."""
     kind = detect(Path(path))
     if kind == "dicom":
         from .dicom import read_dicom
         return read_dicom(Path(path), series=series)
     if series is not None:
         raise HiresError("--series only applies to DICOM input")
+    if kind == "s2-product":
+        from .s2_bands import read_product
+        return read_product(Path(path), bands)
     if kind == "nifti":
         from .nifti import read_nifti
         return read_nifti(Path(path))

@@ -138,11 +138,15 @@ def _model_class(meta: dict) -> type:
         from .ldm import DiffusionModel
 
         return DiffusionModel
+    if meta.get("family") == "sharpen":
+        from .sharpen import SharpenModel
+
+        return SharpenModel
     return NeuralModel
 
 
 def load_model(json_path) -> NeuralModel:
-    """A trained model (SRGAN generator or latent diffusion) from its JSON."""
+    """A trained model (SRGAN generator, guided sharpening or latent diffusion) from its JSON."""
     meta = read_model_json(json_path)
     return _model_class(meta)(json_path, meta)
 

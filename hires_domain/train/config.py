@@ -135,7 +135,8 @@ def parse_config(data: dict, where: str = "config", base: Path = Path(".")) -> T
 
 def load_config(path):
     """Read, validate and check a config against its dataset (exists, scale supported); a config
-    with a ``stage`` key is a latent-diffusion stage (``ldm_config.LdmConfig``)."""
+    with a ``stage`` key is a latent-diffusion stage (``ldm_config.LdmConfig``), one with
+    ``family: sharpen`` the guided band sharpener (``sharpen.SharpenConfig``)."""
     path = Path(path)
     where = f"config {path}"
     data = read_mapping(path, where)
@@ -143,6 +144,10 @@ def load_config(path):
         from .ldm_config import parse_ldm_config
 
         return parse_ldm_config(data, where, path.resolve().parent)
+    if isinstance(data, dict) and data.get("family") == "sharpen":
+        from .sharpen import parse_sharpen_config
+
+        return parse_sharpen_config(data, where, path.resolve().parent)
     cfg = parse_config(data, where, path.resolve().parent)
     check_dataset(cfg, where)
     return cfg

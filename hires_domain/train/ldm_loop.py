@@ -34,8 +34,9 @@ from ..tiling import resolve_device
 from .config import read_manifest
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
 from .ldm_config import LdmConfig
-from .loop import (CsvLog, _band_stats, _flatten_optim, _load_tensors, _save_tensors, _unflatten_optim,
-                   commit_checkpoint, find_checkpoint, metric_range, open_checkpoint, score)
+from .checkpoints import (commit_checkpoint, find_checkpoint, flatten_optim, load_tensors, open_checkpoint,
+                          save_tensors, unflatten_optim)
+from .loop import CsvLog, _band_stats, metric_range, score
 
 CODEC_FORMAT = "hires-codec"
 
@@ -332,11 +333,11 @@ class LdmTrainer:
     # -- checkpoints
     def save_checkpoint(self) -> Path:
         final, tmp = open_checkpoint(self.cfg.output_dir, self.step)
-        _save_tensors(self.net.state_dict(), tmp / "net.safetensors")
-        _save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
-        tensors, optim = _flatten_optim(self.opt)
-        _save_tensors(tensors, tmp / "optim.safetensors")
-        _save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        save_tensors(self.net.state_dict(), tmp / "net.safetensors")
+        save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
+        tensors, optim = flatten_optim(self.opt)
+        save_tensors(tensors, tmp / "optim.safetensors")
+        save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         state = {"format": "hires-checkpoint", "format_version": 1, "stage": self.cfg.stage, "step": self.step,
                  "elapsed": self.elapsed, "sampler_rng": self.sampler.state(), "optim": optim,
                  "latent_scale": getattr(self, "latent_scale", None), "floor": getattr(self, "floor", None),
@@ -348,12 +349,12 @@ class LdmTrainer:
         if state.get("stage") != self.cfg.stage:
             raise HiresError(f"--resume {d}: a '{state.get('stage')}' checkpoint, the config is stage '{self.cfg.stage}'")
         try:
-            self.net.load_state_dict(_load_tensors(d / "net.safetensors"))
-            self.ema.load_state_dict(_load_tensors(d / "ema.safetensors"))
-            self.opt.load_state_dict(_unflatten_optim(_load_tensors(d / "optim.safetensors"), state["optim"]))
+            self.net.load_state_dict(load_tensors(d / "net.safetensors"))
+            self.ema.load_state_dict(load_tensors(d / "ema.safetensors"))
+            self.opt.load_state_dict(unflatten_optim(load_tensors(d / "optim.safetensors"), state["optim"]))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise HiresError(f"--resume {d}: checkpoint does not fit this config ({str(exc).splitlines()[0]})") from None
-        torch.set_rng_state(_load_tensors(d / "rng.safetensors")["torch"])
+        torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])
         self.sampler.set_state(state["sampler_rng"])
         if state.get("latent_scale") is not None:
             self.latent_scale = float(state["latent_scale"])

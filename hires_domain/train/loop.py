@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -43,6 +42,8 @@ from ..models.discriminators import build_discriminator
 from ..models.generators import build_generator, resolve_hparams
 from ..models.neural import save_model
 from ..tiling import resolve_device
+from .checkpoints import (commit_checkpoint, find_checkpoint, flatten_optim, load_tensors, open_checkpoint,
+                          save_tensors, unflatten_optim)
 from .config import TrainConfig, check_dataset, load_config
 from . import distributed as ddp
 from .dataset import PatchSampler, centre_crop, dataset_domain, load_split
@@ -52,84 +53,6 @@ log = logging.getLogger("hires_domain.train")
 
 CSV_FIELDS = ["step", "phase", "loss", "l1", "ssim", "sam", "perceptual", "gan", "feature_match", "d_loss", "window_l1",
               "val_psnr", "val_ssim", "lr", "seconds"]
-KEEP_CHECKPOINTS = 3
-
-
-# ---------------------------------------------------------------- safetensors helpers
-
-
-def _save_tensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def _load_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _flatten_optim(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(tensors, json) from an optimiser state dict; tensors keyed ``state.<param>.<key>``."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optim(tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for key, v in tensors.items():
-        _, pid, k = key.split(".", 2)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def open_checkpoint(output_dir: Path, step: int) -> tuple[Path, Path]:
-    """(final, temporary) directories for the checkpoint of ``step``; write into the temporary one,
-    then ``commit_checkpoint``."""
-    root = Path(output_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:07d}"
-    final, tmp = root / name, root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return final, tmp
-
-
-def commit_checkpoint(final: Path, tmp: Path, state: dict) -> Path:
-    """Write ``state.json``, rename the checkpoint into place, point latest.txt at it, keep the newest few."""
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    root = final.parent
-    (root / "latest.txt").write_text(final.name + "\n")
-    for p in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
-def find_checkpoint(directory) -> tuple[Path, dict]:
-    """A run directory, its checkpoints/ or one checkpoint → (checkpoint directory, its state)."""
-    d = Path(directory)
-    if (d / "checkpoints" / "latest.txt").is_file():
-        d = d / "checkpoints"
-    if (d / "latest.txt").is_file():
-        d = d / (d / "latest.txt").read_text().strip()
-    if not (d / "state.json").is_file():
-        raise HiresError(f"--resume {directory}: no checkpoint there (state.json missing)")
-    return d, json.loads((d / "state.json").read_text())
-
-
 def metric_units(norm: Normaliser, x: np.ndarray) -> np.ndarray:
     """Physical -> metric units: CT HU clipped to −1024..3071 (range 4095); reflectance (range 1)."""
     if norm.kind == "hu":
@@ -359,18 +282,18 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         final, tmp = open_checkpoint(self.cfg.output_dir, self.step)
-        _save_tensors(self.G.state_dict(), tmp / "generator.safetensors")
-        _save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
+        save_tensors(self.G.state_dict(), tmp / "generator.safetensors")
+        save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
         state = self.state_json()
-        tensors, meta = _flatten_optim(self.opt_g)
-        _save_tensors(tensors, tmp / "optim_g.safetensors")
+        tensors, meta = flatten_optim(self.opt_g)
+        save_tensors(tensors, tmp / "optim_g.safetensors")
         state["optim_g"] = meta
         if self.D is not None:
-            _save_tensors(self.D.state_dict(), tmp / "discriminator.safetensors")
-            tensors, meta = _flatten_optim(self.opt_d)
-            _save_tensors(tensors, tmp / "optim_d.safetensors")
+            save_tensors(self.D.state_dict(), tmp / "discriminator.safetensors")
+            tensors, meta = flatten_optim(self.opt_d)
+            save_tensors(tensors, tmp / "optim_d.safetensors")
             state["optim_d"] = meta
-        _save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         return commit_checkpoint(final, tmp, state)
 
     def load_checkpoint(self, directory) -> Path:
@@ -379,17 +302,17 @@ class Trainer:
             raise HiresError(f"--resume {d}: checkpoint generator {state.get('generator')} differs from the "
                              f"config's {self.G.hparams()}")
         try:
-            self.G.load_state_dict(_load_tensors(d / "generator.safetensors"))
-            self.ema.load_state_dict(_load_tensors(d / "ema.safetensors"))
-            self.opt_g.load_state_dict(_unflatten_optim(_load_tensors(d / "optim_g.safetensors"), state["optim_g"]))
+            self.G.load_state_dict(load_tensors(d / "generator.safetensors"))
+            self.ema.load_state_dict(load_tensors(d / "ema.safetensors"))
+            self.opt_g.load_state_dict(unflatten_optim(load_tensors(d / "optim_g.safetensors"), state["optim_g"]))
             if self.D is not None and (d / "discriminator.safetensors").is_file():
-                self.D.load_state_dict(_load_tensors(d / "discriminator.safetensors"))
-                self.opt_d.load_state_dict(_unflatten_optim(_load_tensors(d / "optim_d.safetensors"),
+                self.D.load_state_dict(load_tensors(d / "discriminator.safetensors"))
+                self.opt_d.load_state_dict(unflatten_optim(load_tensors(d / "optim_d.safetensors"),
                                                             state["optim_d"]))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise HiresError(f"--resume {d}: checkpoint does not fit this config "
                              f"({str(exc).splitlines()[0]})") from None
-        torch.set_rng_state(_load_tensors(d / "rng.safetensors")["torch"])
+        torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])
         self.sampler.set_state(state["sampler_rng"])
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         return d
@@ -430,8 +353,14 @@ def train(config, resume=None, device: str = "auto", progress: Optional[Callable
     shipped-model files to write from the final EMA generator into ``export_dir`` (default the
     config's ``export`` section). ``stop_at``: stop (with a checkpoint) after this step.
     """
-    cfg = config if isinstance(config, (TrainConfig, LdmConfig)) else load_config(config)
+    from .sharpen import SharpenConfig, train_sharpen
+
+    cfg = config if isinstance(config, (TrainConfig, LdmConfig, SharpenConfig)) else load_config(config)
     say = say or (lambda m: log.info(m))
+    if isinstance(cfg, SharpenConfig):  # the guided band sharpener (train/sharpen.py)
+        if ddp.world().size > 1:
+            raise HiresError("the band sharpener does not run under torchrun: start one process")
+        return train_sharpen(cfg, resume, progress, export, export_dir, stop_at, say)
     if isinstance(cfg, LdmConfig):  # the latent-diffusion stages (train/ldm_loop.py)
         from .ldm_loop import train_ldm
 
