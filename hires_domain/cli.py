@@ -82,7 +82,8 @@ def info(path: Path = typer.Argument(..., help="DICOM directory/file, NIfTI or r
 
 
 @app.command()
-def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .nii/.nii.gz or raster"),
+def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .nii/.nii.gz, raster, or a "
+                                        "Sentinel-2 product (.SAFE directory or .zip, or a directory of band files)"),
             dst: Path = typer.Argument(..., help="output: DICOM directory, .nii/.nii.gz or .tif"),
             model: str = typer.Option("bicubic", help="model name (see `hires models`)"),
             scale: Optional[int] = typer.Option(
@@ -91,6 +92,9 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             batch_size: Optional[int] = BATCH_OPTION, device: str = typer.Option("auto", help=DEVICE_HELP),
             precision: str = PRECISION_OPTION,
             series: Optional[str] = typer.Option(None, help="DICOM SeriesInstanceUID when a directory holds several"),
+            bands: Optional[str] = typer.Option(
+                None, help="Sentinel-2 products: bands to read, by name in this order, e.g. B02,B03,B04,B08,B10 "
+                           "[default: every band but B10, in Sentinel-2 order]"),
             cog: bool = typer.Option(False, "--cog", help="write a Cloud Optimized GeoTIFF"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
             strict: bool = typer.Option(False, "--strict", help="refuse (exit 2, nothing written) an input unlike "
@@ -154,7 +158,7 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
         else:
             s = _run_with_progress(
                 lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
-                                       uncertainty=uncertainty),
+                                       uncertainty=uncertainty, bands=_band_names(bands)),
                 quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
@@ -278,6 +282,11 @@ def _ints(text: Optional[str], one_based: bool = True) -> Optional[list[int]]:
         return [int(v) - (1 if one_based else 0) for v in text.split(",")]
     except ValueError:
         raise HiresError(f"expected comma-separated integers, got '{text}'")
+
+
+def _band_names(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    """``--bands B02,B8A`` → ('B02', 'B8A') (upper case)."""
+    return tuple(b.strip().upper() for b in text.split(",") if b.strip()) if text else None
 
 
 def _names(text: str) -> list[str]:

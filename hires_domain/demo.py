@@ -30,6 +30,8 @@ JOBS = [
      Settings("s2-sr-x4", 4, 128, 16)),
     ("Sentinel-2 crop, bicubic baseline for comparison", "s2_crop.tif", "s2_crop_x4_bicubic.tif",
      Settings("bicubic", 4, 128, 16)),
+    ("Sentinel-2 product (13 band files at 10/20/60 m) -> every band at 10 m, guided by the 10 m bands",
+     "s2_product", "s2_product_10m.tif", Settings("s2-sharpen", 1)),
     ("Sentinel-2 crop, latent diffusion: mean of 3 samples + uncertainty", "s2_crop.tif", "s2_crop_x4_ldm.tif",
      Settings("s2-ldm-x4", 4, 256, 32, steps=10, samples=3, seed=0, uncertainty=True)),
 ]
@@ -59,6 +61,23 @@ def preview(src: Path, dst: Path, png: Path, unc: Path | None = None) -> None:
     if unc is not None:
         panels += [np.ones((left.shape[0], 8, 3)), uncertainty_rgb(io.read(unc).array())]
     PILImage.fromarray((np.concatenate(panels, axis=1) * 255).astype(np.uint8)).save(png)
+
+
+SHARPEN_SHOWN = ("B05", "B11", "B12")  # red edge and SWIR, natively 20 m
+
+
+def sharpen_preview(src: Path, dst: Path, png: Path) -> None:
+    """Rows B05 / B11 / B12: the band resampled onto the 10 m grid (cubic) | sharpened."""
+    a, b = io.read(src), io.read(dst)
+    cubic, sharp = a.array(), b.array()
+    rows = []
+    for name in SHARPEN_SHOWN:
+        k = a.band_names.index(name)
+        lo, hi = np.percentile(sharp[k], [1, 99])
+        pair = [np.clip((x[k] - lo) / max(hi - lo, 1e-6), 0, 1) for x in (cubic, sharp)]
+        rows.append(np.concatenate([pair[0], np.ones((pair[0].shape[0], 8)), pair[1]], axis=1))
+        rows.append(np.ones((8, rows[-1].shape[1])))
+    PILImage.fromarray((np.concatenate(rows[:-1], axis=0) * 255).astype(np.uint8)).save(png)
 
 
 CT_TRUTH = "ct_lowdose_truth.nii.gz"  # the sample's noise-free reconstruction
@@ -105,6 +124,8 @@ def run_demo(out_dir: Path, device: str = "auto", quiet: bool = False, console=N
         png = out_dir / (name.split(".")[0] + "_preview.png")
         if sample == "ct_lowdose.nii.gz":
             png = out_dir / "ct_lowdose_preview.png"
+        elif settings.model == "s2-sharpen":
+            sharpen_preview(src, dst, png)
         else:
             preview(src, dst, png, unc)
         rows.append({"job": label, "input": s.input, "output": s.output, "model": s.model, "scale": s.scale,

@@ -458,15 +458,16 @@ def uncertainty_description(run: Run) -> str:
 
 def enhance_file(src, dst, settings: Settings = Settings(), series: str | None = None,
                  overwrite: bool = False, cog: bool = False, progress: Progress | None = None,
-                 uncertainty=None) -> Summary:
+                 uncertainty=None, bands: tuple[str, ...] | None = None) -> Summary:
     """Read ``src``, enhance, write ``dst`` atomically; rasters stream window by window.
     ``uncertainty`` (diffusion models): also write the per-pixel standard deviation over the
     samples there, with the output's geometry and format (GeoTIFF, NIfTI or DICOM series).
-    Diffusion runs report ``progress`` in denoising steps over all tiles."""
+    Diffusion runs report ``progress`` in denoising steps over all tiles. ``bands``: which bands of
+    a Sentinel-2 product to read (default every band but B10)."""
     src, dst = Path(src), Path(dst)
     if uncertainty is not None:
         settings = dataclasses.replace(settings, uncertainty=True)
-    image = io.read(src, series=series)
+    image = io.read(src, series=series, bands=bands)
     try:
         return _enhance_image_to(image, src, dst, settings, overwrite, cog, progress,
                                  None if uncertainty is None else Path(uncertainty))

@@ -1,5 +1,5 @@
 """Sentinel-2 products for tests: SAFE trees (L1C, L2A) and zips built in tmp_path from the real
-13-band crop in tests/data/s2_product/ (or another band directory), with minimal ESA metadata."""
+13-band crop in hires_domain/samples/s2_product/ (or another band directory), with minimal ESA metadata."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from hires_domain.io.s2_product import S2_ORDER
-from support import DATA
+from support import SAMPLES
 
-CROP = DATA / "s2_product"
+CROP = SAMPLES / "s2_product"
 NATIVE = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
           "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20}
 TILE, STAMP = "T18SUJ", "20230101T153611"

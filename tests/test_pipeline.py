@@ -117,10 +117,12 @@ def test_raster_failure_mid_stream_leaves_nothing(samples, tmp_path, monkeypatch
 def test_demo_runs_on_bundled_samples(tmp_path):
     rows = run_demo(tmp_path / "demo", device="cpu", quiet=True)
     assert [r["out_shape"] for r in rows] == [[1, 1, 512, 512], [1, 1, 512, 512], [1, 12, 256, 256],
-                                              [1, 32, 256, 256], [4, 1024, 1024], [4, 1024, 1024], [4, 1024, 1024]]
+                                              [1, 32, 256, 256], [4, 1024, 1024], [4, 1024, 1024], [12, 192, 192],
+                                              [4, 1024, 1024]]
     assert rows[0]["model"] == rows[1]["model"] == "ct-denoise"  # the radiologist's job comes first
     assert rows[4]["model"] == "s2-sr-x4"  # the shipped model runs in the demo
-    assert rows[6]["model"] == "s2-ldm-x4" and rows[6]["uncertainty"] == "s2_crop_x4_ldm_uncertainty.tif"
+    assert rows[6]["model"] == "s2-sharpen"  # the GIS analyst's product job: every band at 10 m
+    assert rows[7]["model"] == "s2-ldm-x4" and rows[7]["uncertainty"] == "s2_crop_x4_ldm_uncertainty.tif"
     summary = (tmp_path / "demo" / "summary.md").read_text()
     psnr = {m[0]: float(m[1]) for m in re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| [\d.]+ \|$", summary, re.M)}
     assert psnr["ct_lowdose_denoised.nii.gz"] > psnr["ct_lowdose_denoised_s05.nii.gz"] > psnr["low-dose input"] + 3
@@ -129,10 +131,13 @@ def test_demo_runs_on_bundled_samples(tmp_path):
     for name in ["ct_lowdose_denoised.nii.gz", "ct_lowdose_denoised_s05.nii.gz", "ct_lowdose_preview.png",
                  "ct_series_x2", "ct_head_x2.nii.gz", "s2_crop_x4.tif", "summary.md", "summary.json",
                  "ct_series_x2_preview.png", "s2_crop_x4_preview.png", "s2_crop_x4_ldm.tif",
-                 "s2_crop_x4_ldm_uncertainty.tif", "s2_crop_x4_ldm_preview.png"]:
+                 "s2_crop_x4_ldm_uncertainty.tif", "s2_crop_x4_ldm_preview.png", "s2_product_10m.tif",
+                 "s2_product_10m_preview.png"]:
         assert (tmp_path / "demo" / name).exists(), name
     with PILImage.open(tmp_path / "demo" / "s2_crop_x4_ldm_preview.png") as png:  # input | mean | uncertainty
         assert png.size == (3 * 1024 + 16, 1024)
+    with PILImage.open(tmp_path / "demo" / "s2_product_10m_preview.png") as png:  # B05/B11/B12: cubic | sharpened
+        assert png.size == (2 * 192 + 8, 3 * 192 + 2 * 8)
     ds = pydicom.dcmread(sorted((tmp_path / "demo" / "ct_series_x2").glob("*.dcm"))[0])
     assert ds.ImageType[0] == "DERIVED" and "model=bicubic" in ds.DerivationDescription
     for p in (tmp_path / "demo" / "ct_series_x2").glob("*.dcm"):

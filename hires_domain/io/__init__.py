@@ -42,6 +42,8 @@ def read(path, series: str | None = None, bands: tuple[str, ...] | None = None) 
     """Read a DICOM series/file, a NIfTI volume, a raster or a Sentinel-2 product (``bands``: which,
     by name; default all but B10) into the one Image model."""
     kind = detect(Path(path))
+    if bands is not None and kind != "s2-product":
+        raise HiresError("--bands applies to Sentinel-2 products (a .SAFE directory or .zip, or a directory of band files)")
     if kind == "dicom":
         from .dicom import read_dicom
         return read_dicom(Path(path), series=series)
