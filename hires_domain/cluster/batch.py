@@ -66,9 +66,40 @@ def _is_dicom_dir(path: Path) -> bool:
                for f in path.iterdir() if not f.name.startswith("."))
 
 
-def _output_name(rel: Path, is_dir: bool) -> Path:
+def _is_product(path: Path) -> bool:
+    """A Sentinel-2 product as batch sees one (one item, never searched into): a ``.SAFE``
+    directory, a zipped SAFE named ``*_MSIL*.zip``, or a directory holding all four 10 m band
+    files. Stricter than ``enhance``'s test, so a directory of other rasters is still searched."""
+    from ..io.s2_product import band_of
+
+    name = path.name.upper()
+    if path.is_file():
+        return name.endswith(".ZIP") and "_MSIL" in name
+    if not path.is_dir():
+        return False
+    if name.endswith(".SAFE"):
+        return True
+    try:
+        found = [band_of(f.name) for f in path.iterdir() if f.is_file() and not f.name.startswith(".")]
+    except OSError:
+        return False
+    return {"B02", "B03", "B04", "B08"} <= {b[0] for b in found if b}
+
+
+def _product_output(rel: Path) -> Path:
+    """``S2A_…SAFE.zip`` / ``S2A_….SAFE`` / ``bands/`` → ``S2A_….tif`` / ``bands.tif``."""
+    name = rel.name
+    for suffix in (".zip", ".SAFE", ".safe"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return rel.with_name(name + ".tif")
+
+
+def _output_name(rel: Path, is_dir: bool, product: bool = False) -> Path:
     """Output path relative to the output directory for an input at ``rel`` under its root:
-    rasters become GeoTIFF, NIfTI keeps its name, DICOM (a series directory or file) a series directory."""
+    rasters become GeoTIFF, NIfTI keeps its name, DICOM (a series directory or file) a series
+    directory, a Sentinel-2 product one GeoTIFF."""
+    if product:
+        return _product_output(rel)
     if is_dir:
         return rel
     suffix = _suffix(rel)
@@ -80,17 +111,19 @@ def _output_name(rel: Path, is_dir: bool) -> Path:
 
 
 def _search(root: Path, skip: Path) -> Iterator[Path]:
-    """Supported files and DICOM series directories under ``root`` (series are not descended
-    into: a series directory is read whole), sorted; ``skip`` (the output directory) excluded."""
+    """Supported files, DICOM series directories and Sentinel-2 products (``*_MSIL*.zip``, SAFE or
+    band directories) under ``root`` (series and products are not descended into: each is read
+    whole), sorted; ``skip`` (the output directory) excluded."""
     for current, dirs, files in os.walk(root):
         here = Path(current)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
         for d in list(dirs):
-            if _is_dicom_dir(here / d):
+            if _is_dicom_dir(here / d) or _is_product(here / d):
                 dirs.remove(d)
                 yield here / d
         for f in sorted(files):
-            if not f.startswith(".") and _suffix(Path(f)) in RASTER_SUFFIXES + MEDICAL_SUFFIXES:
+            if not f.startswith(".") and (_suffix(Path(f)) in RASTER_SUFFIXES + MEDICAL_SUFFIXES
+                                          or _is_product(here / f)):
                 yield here / f
 
 
@@ -108,7 +141,8 @@ def discover(inputs: Iterable[str], out_dir: Path) -> list[Item]:
 
     def add(path: Path, root: Path):
         rel = path.relative_to(root) if path != root else Path(path.name)
-        items.append(Item(str(path), str(out_dir / _output_name(rel, path.is_dir()))))
+        product = _is_product(path)
+        items.append(Item(str(path), str(out_dir / _output_name(rel, path.is_dir(), product))))
 
     for text in inputs:
         path = Path(text)
@@ -124,7 +158,7 @@ def discover(inputs: Iterable[str], out_dir: Path) -> list[Item]:
             raise HiresError(f"no such file or directory: {path}")
         elif path.is_file():
             add(path, path.parent)
-        elif _is_dicom_dir(path):
+        elif _is_dicom_dir(path) or _is_product(path):
             add(path, path.parent)
         else:
             found = sorted(_search(path, skip))
@@ -163,7 +197,8 @@ def read_manifest(path: Path, out_dir: Path) -> list[Item]:
         src = path.parent / row["input"]
         if not src.exists():
             raise HiresError(f"manifest {path} item {n}: no such file or directory: {src}")
-        out = Path(out_dir) / (row.get("output") or _output_name(Path(src.name), src.is_dir()))
+        product = _is_product(src)
+        out = Path(out_dir) / (row.get("output") or _output_name(Path(src.name), src.is_dir(), product))
         try:
             scale = int(row["scale"]) if row.get("scale") not in (None, "") else None
         except ValueError:
