@@ -15,6 +15,7 @@ import pydicom
 import pytest
 
 from serve_support import SLOW, Server, crop_raster, pixels, serving, wait_running
+from s2_support import CROP, make_l1c, zip_safe
 from support import SAMPLES, fails, hires
 
 from hires_domain.client import Client, ServerError
@@ -106,6 +107,29 @@ def test_source_under_allow_root_only(env, tmp_path):
         with pytest.raises(ServerError, match="outside the allowed root") as e:
             c.submit(source=bad, model="bicubic")
         assert e.value.status == 400
+
+
+def test_zipped_safe_upload_and_product_directory_source(env, tmp_path):
+    """A zipped SAFE is uploaded as downloaded (read through /vsizip/, never unpacked) and a band
+    directory under the root is a product source: both equal `hires enhance` on the same files."""
+    c = env["alice"]
+    safe = make_l1c(tmp_path)
+    zpath = zip_safe(safe, tmp_path / "upload.bin")  # the name says nothing: the content decides
+    task = c.submit(zpath, model="s2-sharpen")
+    status = c.wait(task, poll=0.2, timeout=180)
+    assert status["input_kind"] == "raster" and status["output_format"] == "gtiff"
+    got = c.download(task, tmp_path / "got.tif")
+    enhance_file(safe, tmp_path / "ref.tif", Settings("s2-sharpen", None))
+    np.testing.assert_array_equal(pixels(got), pixels(tmp_path / "ref.tif"))
+    assert not any(p.is_dir() for p in (env["server"].data_dir).rglob("*.SAFE"))
+    for which in ("input", "result"):
+        png = c.http.get(f"/v1/tasks/{task}/preview/{which}")
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    shutil.copytree(CROP, env["root"] / "bands")
+    task = c.submit(source="bands", model="s2-sharpen")
+    got = c.download(c.wait(task, poll=0.2, timeout=180) and task, tmp_path / "dir.tif")
+    enhance_file(CROP, tmp_path / "ref_dir.tif", Settings("s2-sharpen", None))
+    np.testing.assert_array_equal(pixels(got), pixels(tmp_path / "ref_dir.tif"))
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -1,4 +1,5 @@
-"""Inputs of a task: format sniffed from content (never the name), DICOM zips unpacked safely."""
+"""Inputs of a task: format sniffed from content (never the name), DICOM zips unpacked safely,
+zipped Sentinel-2 SAFE products kept as they are (read through GDAL's /vsizip/, never unpacked)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .security import Limits
 
 CHUNK = 1 << 20
 UNSUPPORTED = ("unsupported or corrupt file: expected a GeoTIFF/COG, JPEG 2000, NIfTI or DICOM file, "
-               "or a zip of a DICOM series")
+               "or a zip of a DICOM series or of a Sentinel-2 SAFE product")
 # input kind → output formats it can give (the first is the default)
 OUTPUT_FORMATS = {"raster": ("gtiff", "cog"), "nifti": ("nifti",), "dicom": ("dicom-zip", "nifti")}
 RESULT_NAMES = {"gtiff": "result.tif", "cog": "result.tif", "nifti": "result.nii.gz", "dicom-zip": "result.zip"}
@@ -64,10 +65,25 @@ _NAMES = {"nifti": "input.nii", "nifti-gz": "input.nii.gz", "tiff": "input.tif",
 KINDS = {"nifti": "nifti", "nifti-gz": "nifti", "tiff": "raster", "jp2": "raster", "dicom": "dicom", "zip": "dicom"}
 
 
+def is_safe_zip(path: Path) -> bool:
+    """A zip whose members lie in a ``*.SAFE/`` tree (a Sentinel-2 product as downloaded)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(part.upper().endswith(".SAFE") for name in zf.namelist()[:64]
+                       for part in PurePosixPath(name.replace("\\", "/")).parts[:-1])
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def place_upload(upload: Path, task_dir: Path, limits: Limits) -> tuple[Path, str]:
-    """Move an uploaded file into ``task_dir`` under a name its reader understands (a zip is
-    unpacked into ``task_dir/input``); returns (input path, kind: raster | nifti | dicom)."""
+    """Move an uploaded file into ``task_dir`` under a name its reader understands (a DICOM zip
+    is unpacked into ``task_dir/input``, a SAFE zip kept as ``input.zip``); returns (input path,
+    kind: raster | nifti | dicom)."""
     fmt = sniff(upload)
+    if fmt == "zip" and is_safe_zip(upload):
+        dest = task_dir / "input.zip"
+        upload.rename(dest)
+        return dest, "raster"
     if fmt == "zip":
         dest = task_dir / "input"
         extract_dicom_zip(upload, dest, limits)
@@ -79,11 +95,16 @@ def place_upload(upload: Path, task_dir: Path, limits: Limits) -> tuple[Path, st
 
 
 def inspect_source(path: Path, task_dir: Path, limits: Limits) -> tuple[Path, str]:
-    """A ``source`` under the allowed root: read in place (a directory is a DICOM series), a zip
-    unpacked into ``task_dir/input``. Returns (input path, kind)."""
+    """A ``source`` under the allowed root: read in place (a directory is a Sentinel-2 product or
+    a DICOM series, a SAFE zip a product), a DICOM zip unpacked into ``task_dir/input``.
+    Returns (input path, kind)."""
+    from ..io.s2_product import is_product
+
     if path.is_dir():
-        return path, "dicom"
+        return path, "raster" if is_product(path) else "dicom"
     fmt = sniff(path)
+    if fmt == "zip" and is_safe_zip(path):
+        return path, "raster"
     if fmt == "zip":
         extract_dicom_zip(path, task_dir / "input", limits)
         return task_dir / "input", "dicom"
