@@ -386,6 +386,48 @@ def band_sets(entries: Sequence[tuple[str, dict | None]]) -> dict[str, list[str]
     return out
 
 
+def product_sets(entries: Sequence[tuple[str, dict | None]]) -> dict[str, list[str]]:
+    """Sentinel-2 products among layers ``(name, metadata)``: ``'<product> [whole product]'`` →
+    its band layers' names, for models that read the whole product (every band on the 10 m grid:
+    ``s2-sharpen``). A product with a band layer removed is still offered: it is read from its files."""
+    found: dict[str, dict] = {}
+    for name, meta in entries:
+        product = (meta or {}).get(layers.PRODUCT) if is_hires_layer(meta) else None
+        if product:
+            found.setdefault(product["id"], {"name": product["name"], "layers": []})["layers"].append(name)
+    out = {}
+    for entry in found.values():
+        label = f"{entry['name']} [whole product]"
+        while label in out:
+            label += "'"
+        out[label] = entry["layers"]
+    return out
+
+
+def product_image(metadata: dict) -> Image:
+    """The product behind a product band layer, opened as ``hires enhance`` opens it: every band
+    (B10 aside) lazily on the finest grid, with the product's radiometry."""
+    import hires_domain
+
+    return hires_domain.read(metadata[layers.PRODUCT]["path"])
+
+
+def capture_product(members: Sequence[tuple], settings: pipeline.Settings, mode: str = WHOLE) -> Job:
+    """A run on a whole Sentinel-2 product (main thread). ``members``: ``(data, metadata,
+    layer_id, geo)`` of its band layers (their fingerprints keep a result from being added
+    after they changed); the pixels are read from the product's files, as the CLI reads them.
+    ``mode``: the region choice; a product is enhanced whole."""
+    ids = {(m[1] or {}).get(layers.PRODUCT, {}).get("id") for m in members}
+    if len(ids) != 1 or None in ids:
+        raise HiresError("the chosen layers are not the band layers of one Sentinel-2 product")
+    product = members[0][1][layers.PRODUCT]
+    if mode != WHOLE:
+        raise HiresError(f"the whole product '{product['name']}' is enhanced as a whole: choose "
+                         f"'{WHOLE}', or enhance one band layer")
+    fps = [fingerprint(layer_id, data, geo) for data, _, layer_id, geo in members]
+    return _job(product["name"], product_image(members[0][1]), settings, fps, None)
+
+
 def capture_bands(members: Sequence[tuple], name: str, settings: pipeline.Settings,
                   region: Region | None = None) -> Job:
     """Snapshot every band layer of one raster as one multi-band input (main thread).

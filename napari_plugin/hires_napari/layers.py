@@ -23,6 +23,7 @@ RGB = "rgb"
 BANDS = "bands"
 GROUP = "group"  # band layers of one multi-band raster share {"id", "name"}: models taking all bands
 TRUE_COLOUR = "true-colour"  # the reader's mode: a raster of >= 3 bands as a composite + hidden band layers
+PRODUCT = "s2_product"  # band layers of one Sentinel-2 product share {"id", "name", "path"}
 RGB_SOURCES = "rgb_sources"  # a composite's band layers (name, data, metadata): what saving it writes
 STRETCH = (2.0, 98.0)  # composite display stretch, percent of each band's valid pixels
 
@@ -109,6 +110,22 @@ def to_layer_data(image: Image, name: str, mode: str = BANDS) -> list[tuple]:
             kw.update(visible=False, blending="translucent")
         return [composite([(kw["name"], d, kw["metadata"]) for d, kw, _ in bands], name), *bands]
     return bands
+
+
+def product_layer_data(bands: Sequence[Image], name: str, path: str) -> list[tuple]:
+    """A Sentinel-2 product: one layer per band (one-band Images), each on its own grid so they
+    overlay exactly, hidden, with the true-colour composite of the finest bands on top. Every
+    band layer carries ``metadata[PRODUCT]``: the Enhance widget offers the whole product."""
+    product = {"id": uuid.uuid4().hex, "name": name, "path": str(path)}
+    out = []
+    for image in bands:
+        (data, kwargs, kind), = to_layer_data(image, f"{name} [{image.band_names[0]}]")
+        kwargs["metadata"][PRODUCT] = product
+        out.append((data, {**kwargs, "visible": False}, kind))
+    finest = min(abs(float(np.linalg.det(np.asarray(b.affine)[:2, :2]))) for b in bands)
+    fine = [(kw["name"], d, kw["metadata"]) for (d, kw, _), b in zip(out, bands)
+            if np.isclose(abs(float(np.linalg.det(np.asarray(b.affine)[:2, :2]))), finest)]
+    return [*out, composite(fine, name)]
 
 
 def to_image(data: np.ndarray, metadata: dict) -> Image:

@@ -24,9 +24,9 @@ DIRECTORY_PROBE_LIMIT = 200  # files looked at before a directory is declared "n
 
 
 def get_reader(path):
-    """Reader for a DICOM directory, .dcm, .nii/.nii.gz, .tif/.tiff/.jp2: one layer per band;
-    a raster of three or more bands also gets a true-colour composite, shown, with its band
-    layers hidden (``layers.TRUE_COLOUR``)."""
+    """Reader for a DICOM directory, .dcm, .nii/.nii.gz, .tif/.tiff/.jp2 and Sentinel-2 products:
+    one layer per band; a raster of three or more bands (and a product) also gets a true-colour
+    composite, shown, with its band layers hidden (``layers.TRUE_COLOUR``)."""
     try:
         path = _single(path)
         kind = _probe(path) if path is not None else None
@@ -50,11 +50,14 @@ def get_rgb_reader(path):
 
 
 def read_layers(path, mode: str = layers.BANDS) -> list[tuple]:
-    """Layer data tuples for ``path``; failures become a one-line ``HiresError``."""
+    """Layer data tuples for ``path`` (a Sentinel-2 product: ``read_product_layers``); failures
+    become a one-line ``HiresError``."""
     import hires_domain
 
     path = _single(path) or path
     try:
+        if _probe(str(path)) == "product":
+            return read_product_layers(path)
         image = hires_domain.read(path)
         return layers.to_layer_data(image, layer_name(path, image), mode)
     except HiresError:
@@ -62,6 +65,28 @@ def read_layers(path, mode: str = layers.BANDS) -> list[tuple]:
     except Exception as exc:  # any library error, reported in one line
         detail = one_line(exc) or type(exc).__name__
         raise HiresError(f"cannot open {path}: {detail}") from exc
+
+
+def read_product_layers(path) -> list[tuple]:
+    """Every band of a Sentinel-2 product (SAFE, zipped SAFE, band directory) at its own
+    resolution and on its own grid, values as stored (DN), true colour on top."""
+    from dataclasses import replace
+
+    from hires_domain.io.raster import read_raster
+    from hires_domain.io.s2_product import open_product
+
+    product = open_product(path)
+    bands = [replace(read_raster(f.path), band_names=(name,), nodata=f.nodata)
+             for name, f in product.bands.items()]
+    return layers.product_layer_data(bands, product_name(path), product.path)
+
+
+def product_name(path) -> str:
+    """``S2B_MSIL1C_…`` for ``S2B_MSIL1C_….SAFE`` or its ``.zip``; a band directory's own name."""
+    name = Path(path).name
+    for suffix in (".zip", ".SAFE", ".safe"):
+        name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+    return name
 
 
 def layer_name(path, image) -> str:
@@ -93,10 +118,14 @@ def _single(path) -> str | None:
 
 
 def _probe(path: str) -> str | None:
-    """'dicom', 'nifti' or 'raster' when this plugin can read ``path``, else None."""
+    """'product' (Sentinel-2), 'dicom', 'nifti' or 'raster' when this plugin can read ``path``,
+    else None."""
     from hires_domain.io.dicom import is_dicom_file
+    from hires_domain.io.s2_product import is_product
 
     p = Path(path)
+    if is_product(p):
+        return "product"
     if p.is_dir():
         files = (f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         return "dicom" if any(is_dicom_file(f) for f in itertools.islice(files, DIRECTORY_PROBE_LIMIT)) else None

@@ -217,7 +217,13 @@ class EnhanceWidget(QWidget):
         return self.worker is not None
 
     def _band_sets(self) -> dict[str, list[str]]:
-        return jobs.band_sets([(ly.name, ly.metadata) for ly in _image_layers(self.viewer)])
+        entries = [(ly.name, ly.metadata) for ly in _image_layers(self.viewer)]
+        return {**jobs.band_sets(entries), **self._products(entries)}
+
+    def _products(self, entries=None) -> dict[str, list[str]]:
+        """'<product> [whole product]' choices: Sentinel-2 products opened by the reader."""
+        return jobs.product_sets(entries if entries is not None else
+                                 [(ly.name, ly.metadata) for ly in _image_layers(self.viewer)])
 
     def _refresh_layers(self, *_):
         _fill(self.layer_combo, [ly.name for ly in _image_layers(self.viewer)] + list(self._band_sets()))
@@ -238,7 +244,12 @@ class EnhanceWidget(QWidget):
             inputs = self._inputs()
         except HiresError:
             inputs = []
-        if inputs and all(jobs.is_hires_layer(ly.metadata) for ly in inputs):
+        if inputs and self.layer_combo.currentText() in self._products():
+            try:
+                names = [m.name for m in jobs.models_for(jobs.product_image(inputs[0].metadata))]
+            except HiresError:  # the product's files were moved or changed: run() says so
+                names = []
+        elif inputs and all(jobs.is_hires_layer(ly.metadata) for ly in inputs):
             stub = np.zeros((len(inputs),) + (1,) * inputs[0].ndim, np.float32)
             ref = jobs.layers.to_image(stub[0], inputs[0].metadata) if len(inputs) == 1 else \
                 replace(inputs[0].metadata[jobs.layers.META], data=stub)
@@ -367,7 +378,10 @@ class EnhanceWidget(QWidget):
             if not self.model_combo.currentText():
                 raise HiresError(f"no registered model fits '{self.layer_combo.currentText()}' at "
                                  f"x{self.scale.value()}")
-            if len(inputs) == 1:
+            if self.layer_combo.currentText() in self._products():
+                members = [(ly.data, ly.metadata, ly.unique_id, _placement(ly)) for ly in inputs]
+                job = jobs.capture_product(members, self.settings(), self.region_combo.currentText())
+            elif len(inputs) == 1:
                 job = jobs.capture(layer.data, layer.metadata, layer.name, self.settings(), layer.unique_id,
                                    self.region(layer), _placement(layer))
             else:
