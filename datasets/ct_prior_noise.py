@@ -37,7 +37,8 @@ def main(src: str, dst: str) -> None:
         (dst / rec["split"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rec["file"], dst / rec["file"])
         if rec["split"] == "train":
-            by_slice.setdefault((rec["source"], json.dumps(rec["location"])), []).append(rec)
+            key = (rec["source"], json.dumps(rec["location"]), rec["params"].get("binning", 1))
+            by_slice.setdefault(key, []).append(rec)  # twins share the slice and its grid
     records = list(manifest["items"])
     for recs in by_slice.values():
         for k, rec in enumerate(recs):

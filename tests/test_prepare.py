@@ -251,6 +251,33 @@ def test_low_dose_recipe_items(tmp_path):
     assert 5.0 < noise["hi"] < noise["lo"] / 5 and noise["lo"] < 500.0
 
 
+def test_low_dose_binning_simulates_the_slice_on_a_coarser_grid(tmp_path):
+    """A binned acquisition: the slice area-averaged b x b, pixels b times larger, the same
+    physics; validation items are never binned."""
+    recipe = {"name": "t", "domain": "low-dose-ct",
+              "sources": [{"path": str(SAMPLES / "ct_head_series")},
+                          {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}],
+              "degradation": {"photons": [1e5, 1e5], "per_slice": 2, "n_angles": [90], "binning": [1, 2],
+                              "val_protocols": [{"name": "a", "photons": 1e5, "n_angles": 90}]}}
+    recipe = load_recipe(write(tmp_path, recipe))
+    items = prep.plan(recipe)
+    train = [it for it in items if it.split == "train"]
+    assert {it.params["binning"] for it in train} == {1, 2}
+    assert all("binning" not in it.params for it in items if it.split == "val")
+    one = next(it for it in train if it.params["binning"] == 2)
+    same = next(it for it in train if it.params["binning"] == 1 and it.location == one.location)
+    plain, binned = prep.process(same, recipe), prep.process(one, recipe)
+    h, w = plain["hr"].shape[1] // 2, plain["hr"].shape[2] // 2
+    assert binned["hr"].shape == binned["lr"].shape == (1, h, w) and binned["valid"].shape == (h, w)
+    # the noise-free reconstruction is the block mean of the slice's own (up to the FBP round trip)
+    blocks = plain["hr"][0][:2 * h, :2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(binned["hr"][0][inner] - blocks[inner]).mean() < 25.0
+    with pytest.raises(HiresError, match="binning"):
+        load_recipe(write(tmp_path, {**recipe.model_dump(exclude={"sources"}), "sources": recipe.model_dump()["sources"],
+                                     "degradation": {**recipe.degradation.model_dump(), "binning": [0]}}))
+
+
 def test_low_dose_recipe_refuses_bad_protocols(tmp_path):
     base = {"name": "t", "domain": "low-dose-ct", "sources": [{"path": str(SAMPLES / "ct_head_series")}]}
     for bad, field in (({"photons": [1e5, 1e4], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90}]},

@@ -114,6 +114,27 @@ def test_resume_equals_uninterrupted_run(dataset, tmp_path):
     assert steps == [r.split(",")[0] for r in (tmp_path / "full" / "log.csv").read_text().splitlines()[1:]]
 
 
+def test_init_starts_from_exported_weights_and_refuses_others(dataset, tmp_path):
+    """``init``: a warm start from an exported model's weights (a new run: step 0, new optimiser)."""
+    train(parse_config(config(dataset, tmp_path / "a", pretrain_steps=3, gan_steps=0)), device="cpu",
+          export="first", export_dir=tmp_path / "export")
+    weights = load_file(str(tmp_path / "export" / "first.safetensors"))
+    warm = parse_config({**config(dataset, tmp_path / "b", pretrain_steps=1, gan_steps=0, lr_g=1e-12),
+                         "init": str(tmp_path / "export" / "first.safetensors")})
+    s = train(warm, device="cpu", export="second", export_dir=tmp_path / "export")
+    assert s["steps"] == 1
+    again = load_file(str(tmp_path / "export" / "second.safetensors"))
+    for k in weights:  # a learning rate of 1e-12 leaves the starting weights as they were
+        torch.testing.assert_close(again[k], weights[k], rtol=0, atol=1e-6)
+    other = {**config(dataset, tmp_path / "c", pretrain_steps=1, gan_steps=0),
+             "init": str(tmp_path / "export" / "first.safetensors")}
+    other["generator"]["nf"] = 12
+    with pytest.raises(HiresError, match="does not fit"):
+        train(parse_config(other), device="cpu")
+    with pytest.raises(HiresError, match="not found"):
+        train(parse_config({**other, "init": str(tmp_path / "none.safetensors")}), device="cpu")
+
+
 def test_resume_refuses_a_different_architecture(dataset, tmp_path):
     train(parse_config(config(dataset, tmp_path / "a", pretrain_steps=2, gan_steps=0)), device="cpu")
     other = config(dataset, tmp_path / "b", pretrain_steps=4, gan_steps=0)
@@ -155,7 +176,8 @@ def test_scale_not_supported_by_the_architecture(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tiny-test", "s2-sr-x4", "s2-sr-x4-gpu", "ct-sr-x2", "ct-sr-x2-gpu",
-                                  "ct-denoise", "ct-denoise-gpu"])
+                                  "ct-denoise", "ct-denoise-gpu", "ct-denoise-prior", "ct-denoise-binned",
+                                  "s2-cube-x4"])
 def test_shipped_configs_are_valid(name):
     data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     cfg = parse_config(data, name)

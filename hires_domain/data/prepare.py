@@ -332,6 +332,8 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
             proto = {"photons": float(math.exp(draw.uniform(math.log(lo), math.log(hi)))),
                      "n_angles": int(_draw(list(d.n_angles), draw)), "filter": _draw(list(d.filter), draw),
                      "electronic_sigma": _draw(tuple(d.electronic_sigma), draw)}
+            if d.binning != [1]:
+                proto["binning"] = int(_draw(list(d.binning), draw))
         out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out
 
@@ -350,6 +352,10 @@ def _process_medical(item: Item, recipe) -> dict:
         valid &= img >= p["hu_floor"]
     hr = np.where(valid, img, AIR_HU if p["hu_floor"] is not None else fill_invalid(img[None], valid)[0])
     if "photons" in p:
+        b = p.get("binning", 1)
+        if b > 1:
+            hr, valid = _bin(hr, valid, b)
+            p = {**p, "pixel_mm": [v * b for v in p["pixel_mm"]]}
         hr, lr = _low_dose(hr, p, (item.input, item.location["slice"], tuple(p["pixel_mm"])))
         lr_valid = valid
     else:
@@ -359,27 +365,38 @@ def _process_medical(item: Item, recipe) -> dict:
     return {"hr": hr[None], "lr": lr[None], "valid": valid, "lr_valid": lr_valid}
 
 
+def _bin(hu: np.ndarray, valid: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-average ``b`` x ``b`` pixel blocks (a coarser acquisition grid); a block is valid when
+    all its pixels are."""
+    h, w = hu.shape[0] // b * b, hu.shape[1] // b * b
+    blocks = hu[:h, :w].reshape(h // b, b, w // b, b)
+    return blocks.mean(axis=(1, 3)), valid[:h, :w].reshape(h // b, b, w // b, b).all(axis=(1, 3))
+
+
 def _low_dose(hu: np.ndarray, p: dict, key: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(noise-free, low-dose) reconstructions of one protocol, simulated on the slice padded to a
-    square with air and cropped back. ``key`` names the slice: its sinograms and noise-free
-    reconstructions are cached per process (items come slice by slice and share them)."""
+    square with air and cropped back. ``key`` names the slice and its grid (input, slice, pixel
+    size): sinograms and noise-free reconstructions are cached per process for the current slice
+    (items come slice by slice and share them)."""
     h, w = hu.shape
     n = max(h, w)
     pixel = float(np.mean(p["pixel_mm"]))
-    if _CT_CACHE.get("key") != key:
-        square = np.full((n, n), AIR_HU)
-        square[:h, :w] = hu
+    if _CT_CACHE.get("slice") != key[:2]:  # a new slice: forget the last one's grids
         _CT_CACHE.clear()
-        _CT_CACHE.update(key=key, square=square)
-    sino = _CT_CACHE.get(("sino", p["n_angles"]))
+        _CT_CACHE["slice"] = key[:2]
+    cache = _CT_CACHE.setdefault(key, {})  # one entry per grid (binning) of this slice
+    if "square" not in cache:
+        cache["square"] = np.full((n, n), AIR_HU)
+        cache["square"][:h, :w] = hu
+    sino = cache.get(("sino", p["n_angles"]))
     if sino is None:
-        sino = _CT_CACHE[("sino", p["n_angles"])] = deg.ct_sinogram(_CT_CACHE["square"], pixel, p["n_angles"])
+        sino = cache[("sino", p["n_angles"])] = deg.ct_sinogram(cache["square"], pixel, p["n_angles"])
     clean_key = ("clean", p["n_angles"], p["filter"])
-    if clean_key not in _CT_CACHE:
-        _CT_CACHE[clean_key] = deg.ct_reconstruct(sino, pixel, n, p["filter"])
+    if clean_key not in cache:
+        cache[clean_key] = deg.ct_reconstruct(sino, pixel, n, p["filter"])
     noisy = deg.ct_counts(sino, p["photons"], np.random.default_rng(p["seed"]), p["electronic_sigma"])
     noisy = deg.ct_reconstruct(noisy, pixel, n, p["filter"])
-    return _CT_CACHE[clean_key][:h, :w], noisy[:h, :w]
+    return cache[clean_key][:h, :w], noisy[:h, :w]
 
 
 _CT_CACHE: dict = {}

@@ -175,6 +175,10 @@ class DoseDegradation(_Model):
     n_angles: list[int] = Field(default=[360], min_length=1)
     filter: list[CtFilter] = Field(default=["ramp"], min_length=1)
     electronic_sigma: tuple[float, float] = (0.0, 0.0)
+    binning: list[int] = Field(default=[1], min_length=1, description=(
+        "pixel binning drawn per training acquisition: the slice is area-averaged over b x b pixels "
+        "(a coarser grid, pixels b times larger) before the scan is simulated, so anatomy and the "
+        "scanner's texture come denser per pixel"))
     per_slice: int = Field(default=1, gt=0)
     val_protocols: list[CtProtocol] = Field(min_length=1)
 
@@ -185,6 +189,8 @@ class DoseDegradation(_Model):
             raise ValueError("photons must be [lo, hi] with 0 < lo <= hi")
         if min(self.n_angles) < 16:
             raise ValueError("n_angles must be at least 16")
+        if min(self.binning) < 1:
+            raise ValueError("binning factors must be at least 1")
         if not 0.0 <= self.electronic_sigma[0] <= self.electronic_sigma[1]:
             raise ValueError("electronic_sigma must be [lo, hi] with 0 <= lo <= hi")
         if len({p.name for p in self.val_protocols}) != len(self.val_protocols):

@@ -102,6 +102,7 @@ class TrainConfig(_RunPaths):
     seed: int = 0
     dataset: str  # prepared dataset directory (manifest.json)
     output: str  # run directory: checkpoints/, log.csv, final/
+    init: Optional[str] = None  # exported generator weights (.safetensors) to start from (a warm start)
     generator: GeneratorCfg = GeneratorCfg()
     discriminator: Optional[DiscriminatorCfg] = None
     losses: LossCfg = LossCfg()

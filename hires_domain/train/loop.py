@@ -116,6 +116,8 @@ class Trainer:
         root = cfg.dataset_dir
         train_items = load_split(root, self.manifest, "train")
         self.G.set_stats(*_band_stats(train_items, self.norm))
+        if cfg.init is not None:  # a warm start: the weights (and input statistics) of an exported model
+            self._load_generator(cfg.path(cfg.init))
         self.ema = copy.deepcopy(self.G).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -295,6 +297,15 @@ class Trainer:
             state["optim_d"] = meta
         save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         return commit_checkpoint(final, tmp, state)
+
+    def _load_generator(self, path: Path) -> None:
+        if not path.is_file():
+            raise HiresError(f"config field 'init': {path} not found")
+        try:
+            self.G.load_state_dict(load_tensors(path))
+        except (RuntimeError, ValueError) as exc:
+            raise HiresError(f"config field 'init': {path} does not fit the generator "
+                             f"({str(exc).splitlines()[0]})") from None
 
     def load_checkpoint(self, directory) -> Path:
         d, state = find_checkpoint(directory)
