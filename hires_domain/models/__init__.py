@@ -16,7 +16,7 @@ class ModelInfo:
 
     name: str
     summary: str
-    family: str  # 'interpolation' | 'srgan' | 'sharpen' | 'diffusion'
+    family: str  # 'interpolation' | 'srgan' | 'sharpen' | 'diffusion' | 'cascade'
     domains: tuple[str, ...]  # subset of ('medical', 'raster')
     scales: tuple[int, ...]  # in-plane factors it can do
     bands: int | None = None  # channels it takes; None = any

@@ -142,11 +142,16 @@ def _model_class(meta: dict) -> type:
         from .sharpen import SharpenModel
 
         return SharpenModel
+    if meta.get("family") == "cascade":
+        from .cascade import CascadeModel
+
+        return CascadeModel
     return NeuralModel
 
 
-def load_model(json_path) -> NeuralModel:
-    """A trained model (SRGAN generator, guided sharpening or latent diffusion) from its JSON."""
+def load_model(json_path) -> Model:
+    """A trained model (SRGAN generator, guided sharpening, latent diffusion or a cascade of
+    registered models) from its JSON."""
     meta = read_model_json(json_path)
     return _model_class(meta)(json_path, meta)
 
