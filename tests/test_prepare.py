@@ -278,6 +278,31 @@ def test_low_dose_binning_simulates_the_slice_on_a_coarser_grid(tmp_path):
                                      "degradation": {**recipe.degradation.model_dump(), "binning": [0]}}))
 
 
+def test_scanner_noise_goes_into_the_target_and_the_input(tmp_path):
+    """An acquisition of a slice carrying a scanner's own noise: the target is no longer the
+    noise-free reconstruction of the slice but of the slice with that noise in it."""
+    base = {"name": "t", "domain": "low-dose-ct",
+            "sources": [{"path": str(SAMPLES / "ct_head_series")},
+                        {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}],
+            "degradation": {"photons": [1e5, 1e5], "per_slice": 4, "n_angles": [90],
+                            "val_protocols": [{"name": "a", "photons": 1e5, "n_angles": 90}]}}
+    noisy = {**base, "degradation": {**base["degradation"], "scanner_noise": {"fraction": 0.5, "photons": [2e4, 2e4]}}}
+    plain_recipe = load_recipe(write(tmp_path, base, "plain.yaml"))
+    recipe = load_recipe(write(tmp_path, noisy, "noisy.yaml"))
+    items = [it for it in prep.plan(recipe) if it.split == "train"]
+    with_noise = [it for it in items if "scanner_photons" in it.params]
+    assert 0 < len(with_noise) < len(items) and all(it.params["scanner_photons"] == pytest.approx(2e4) for it in with_noise)
+    it = with_noise[0]
+    same = next(p for p in prep.plan(plain_recipe) if p.id == it.id)
+    a, b = prep.process(it, recipe), prep.process(same, plain_recipe)
+    own = (a["hr"] - b["hr"])[0][a["valid"]]
+    assert 3.0 < own.std() < 300.0  # the scanner's noise is in the target
+    assert 3.0 < np.std((a["lr"] - a["hr"])[0][a["valid"]]) < 300.0  # and this acquisition's on top
+    with pytest.raises(HiresError, match="scanner_noise"):
+        load_recipe(write(tmp_path, {**base, "degradation": {**base["degradation"],
+                                                              "scanner_noise": {"photons": [2e4, 1e4]}}}))
+
+
 def test_low_dose_recipe_refuses_bad_protocols(tmp_path):
     base = {"name": "t", "domain": "low-dose-ct", "sources": [{"path": str(SAMPLES / "ct_head_series")}]}
     for bad, field in (({"photons": [1e5, 1e4], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90}]},

@@ -334,6 +334,11 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
                      "electronic_sigma": _draw(tuple(d.electronic_sigma), draw)}
             if d.binning != [1]:
                 proto["binning"] = int(_draw(list(d.binning), draw))
+            sn = d.scanner_noise
+            if sn is not None and draw.uniform() < sn.fraction:
+                lo, hi = sn.photons
+                proto["scanner_photons"] = float(math.exp(draw.uniform(math.log(lo), math.log(hi))))
+                proto["scanner_filter"] = _draw(list(d.filter), draw)
         out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out
 
@@ -394,9 +399,18 @@ def _low_dose(hu: np.ndarray, p: dict, key: tuple) -> tuple[np.ndarray, np.ndarr
     clean_key = ("clean", p["n_angles"], p["filter"])
     if clean_key not in cache:
         cache[clean_key] = deg.ct_reconstruct(sino, pixel, n, p["filter"])
+    clean = cache[clean_key]
+    if "scanner_photons" in p:  # the slice as a scanner left it: its own noise, then this acquisition
+        own_key = ("clean", p["n_angles"], p["scanner_filter"])
+        if own_key not in cache:
+            cache[own_key] = deg.ct_reconstruct(sino, pixel, n, p["scanner_filter"])
+        own = deg.ct_counts(sino, p["scanner_photons"], np.random.default_rng([p["seed"], 1]))
+        own = deg.ct_reconstruct(own, pixel, n, p["scanner_filter"]) - cache[own_key]
+        sino = deg.ct_sinogram(cache["square"] + own, pixel, p["n_angles"])
+        clean = deg.ct_reconstruct(sino, pixel, n, p["filter"])
     noisy = deg.ct_counts(sino, p["photons"], np.random.default_rng(p["seed"]), p["electronic_sigma"])
     noisy = deg.ct_reconstruct(noisy, pixel, n, p["filter"])
-    return cache[clean_key][:h, :w], noisy[:h, :w]
+    return clean[:h, :w], noisy[:h, :w]
 
 
 _CT_CACHE: dict = {}

@@ -166,6 +166,17 @@ class CtProtocol(_Model):
     electronic_sigma: float = Field(default=0.0, ge=0.0)
 
 
+class ScannerNoise(_Model):
+    """The noise a real scanner leaves in a slice, simulated: for ``fraction`` of the training
+    acquisitions the slice first gets the noise of another acquisition (photons log-uniform in
+    ``photons``, a reconstruction filter from the recipe's list), then this acquisition is
+    simulated on it, so that noise goes through the reconstruction with the anatomy and stays in
+    the target, as a real scan's own noise stays in the truth."""
+
+    fraction: float = Field(0.5, ge=0.0, le=1.0)
+    photons: tuple[float, float] = (5e4, 1e6)
+
+
 class DoseDegradation(_Model):
     """Training protocols are drawn per acquisition: photons log-uniform in ``photons``, views and
     reconstruction filter from their lists, electronic noise uniform in its range. The target is
@@ -179,6 +190,7 @@ class DoseDegradation(_Model):
         "pixel binning drawn per training acquisition: the slice is area-averaged over b x b pixels "
         "(a coarser grid, pixels b times larger) before the scan is simulated, so anatomy and the "
         "scanner's texture come denser per pixel"))
+    scanner_noise: Optional[ScannerNoise] = None
     per_slice: int = Field(default=1, gt=0)
     val_protocols: list[CtProtocol] = Field(min_length=1)
 
@@ -191,6 +203,8 @@ class DoseDegradation(_Model):
             raise ValueError("n_angles must be at least 16")
         if min(self.binning) < 1:
             raise ValueError("binning factors must be at least 1")
+        if self.scanner_noise is not None and not 0.0 < self.scanner_noise.photons[0] <= self.scanner_noise.photons[1]:
+            raise ValueError("scanner_noise.photons must be [lo, hi] with 0 < lo <= hi")
         if not 0.0 <= self.electronic_sigma[0] <= self.electronic_sigma[1]:
             raise ValueError("electronic_sigma must be [lo, hi] with 0 <= lo <= hi")
         if len({p.name for p in self.val_protocols}) != len(self.val_protocols):
