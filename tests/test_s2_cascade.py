@@ -70,7 +70,7 @@ def test_b10_or_a_plain_raster_is_refused_in_one_line(capsys, tmp_path):
 def test_a_cascade_naming_a_missing_stage_fails_in_one_line(capsys, tmp_path, monkeypatch):
     d = tmp_path / "models"
     d.mkdir()
-    (d / "broken.json").write_text(json.dumps({"format": "hires-model", "format_version": 1, "name": "broken",
+    (d / "t-cascade-missing-stage.json").write_text(json.dumps({"format": "hires-model", "format_version": 1, "name": "t-cascade-missing-stage",
                                                "family": "cascade", "domain": "raster",
                                                "stages": ["s2-sharpen", "no-such-model"]}))
     from hires_domain import models
@@ -78,5 +78,5 @@ def test_a_cascade_naming_a_missing_stage_fails_in_one_line(capsys, tmp_path, mo
 
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
     neural.register_dir(d)
-    fails(capsys, "enhance", CROP, tmp_path / "o.tif", "--model", "broken", match="unknown model 'no-such-model'")
+    fails(capsys, "enhance", CROP, tmp_path / "o.tif", "--model", "t-cascade-missing-stage", match="unknown model 'no-such-model'")
     assert not (tmp_path / "o.tif").exists()
