@@ -153,7 +153,7 @@ def auto_tiling(model: Model, device: torch.device, spatial: tuple[int, ...]) ->
 def resolve_run(image: Image, s: Settings) -> Run:
     """Check the model against the image and resolve device, precision and tiling, once."""
     model = get_model(s.model)
-    model.check(s.scale, image.channels, domain_of(image))
+    model.check(s.scale, image.channels, domain_of(image), image.band_names)
     device = tiling.resolve_device(s.device)
     model.precision = resolve_precision(s.precision, model, device)
     if s.sampling is not None:

@@ -202,3 +202,17 @@ def test_bands_option_reads_b10_on_request(capsys, tmp_path):
 def test_prepare_points_a_sharpening_recipe_to_its_config(capsys, tmp_path):
     recipe = DATA.parent.parent / "datasets" / "s2-sharpen.yaml"
     fails(capsys, "prepare", recipe, tmp_path / "x", match="hires train configs/s2-sharpen.yaml")
+
+
+def test_b10_on_request_passes_through_s2_sharpen(tmp_path):
+    """`--bands` with B10: the 12 model bands sharpened as without it, B10 cubic on the 10 m grid."""
+    every = tuple(b for b in ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"))
+    with_b10, plain, cubic = tmp_path / "b10.tif", tmp_path / "plain.tif", tmp_path / "cubic.tif"
+    enhance_file(CROP, with_b10, Settings("s2-sharpen", precision="fp32"), bands=every)
+    enhance_file(CROP, plain, Settings("s2-sharpen", precision="fp32"))
+    enhance_file(CROP, cubic, Settings("bicubic", 1), bands=("B02", "B10"))  # on the 10 m grid
+    with rasterio.open(with_b10) as a, rasterio.open(plain) as b, rasterio.open(cubic) as c:
+        assert list(a.descriptions) == list(every)
+        got = a.read()
+        np.testing.assert_array_equal(np.delete(got, 10, axis=0), b.read())
+        np.testing.assert_array_equal(got[10], c.read(2))

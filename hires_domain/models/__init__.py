@@ -48,8 +48,9 @@ class Model:
     def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def check(self, scale: int, channels: int, domain: str) -> None:
-        """Refuse a scale, band count or domain this model cannot take (one-line errors)."""
+    def check(self, scale: int, channels: int, domain: str, band_names: tuple[str, ...] = ()) -> None:
+        """Refuse a scale, band count or domain this model cannot take (one-line errors);
+        ``band_names``: the input's, for models that place bands by name."""
         i = self.info
         if scale not in i.scales:
             can = ", ".join(f"x{s}" for s in i.scales)

@@ -70,6 +70,18 @@ class SharpenModel(NeuralModel):
         per_value = 4.0 if self.precision == "fp32" else 2.3
         return 3 * per_value * max(st["nf"] for st in self.stages) + 8.0 * len(self.bands)
 
+    def check(self, scale: int, channels: int, domain: str, band_names: tuple[str, ...] = ()) -> None:
+        """Also takes the product's bands with B10 (``--bands``): B10, which no stage sharpens,
+        passes through on the fine grid like the guides."""
+        if channels == len(self.bands) + 1 and tuple(band_names) == self._with_b10():
+            channels = len(self.bands)
+        super().check(scale, channels, domain, band_names)
+
+    def _with_b10(self) -> tuple[str, ...]:
+        from ..io.s2_product import S2_ORDER
+
+        return tuple(b for b in S2_ORDER if b in self.bands or b == "B10")
+
     @property
     def stages(self) -> list[dict]:
         return self.meta["sharpen"]["stages"]
@@ -99,6 +111,12 @@ class SharpenModel(NeuralModel):
     def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         if scale != 1:
             raise HiresError(f"model '{self.info.name}' cannot do x{scale}; it works on the finest band's grid (x1)")
+        if x.shape[1] == len(self.bands) + 1:  # B10 among them (checked by name): it passes through
+            b10 = self._with_b10().index("B10")
+            keep = [k for k in range(x.shape[1]) if k != b10]
+            out = x.clone()
+            out[:, keep] = self.predict(x[:, keep], scale)
+            return out
         nets = self.net
         if next(nets.parameters()).device != x.device:
             nets.to(x.device)

@@ -138,11 +138,11 @@ def _check_model(params: dict, settings, kind: str, path: Path) -> dict:
     from .. import io
 
     model = _model_for_checks(settings.model)
-    channels = model.info.bands or 1
+    channels, names = model.info.bands or 1, ()
     if kind == "raster":  # opened lazily: the header only
         image = io.read(path)
-        channels = image.channels
-    model.check(settings.scale, channels, "raster" if kind == "raster" else "medical")
+        channels, names = image.channels, image.band_names
+    model.check(settings.scale, channels, "raster" if kind == "raster" else "medical", names)
     return {**params, "scale_factor": settings.scale, "unit": "tiles" if settings.sampling is None else "steps"}
 
 

@@ -217,7 +217,7 @@ def models_for(image: Image, scale: int | None = None) -> list[ModelInfo]:
         scales = [scale] if scale is not None else list(info.scales)
         for s in scales:
             try:
-                get_model(info.name).check(s, image.channels, domain)
+                get_model(info.name).check(s, image.channels, domain, image.band_names)
             except HiresError:
                 continue
             out.append(info)
