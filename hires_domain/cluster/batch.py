@@ -88,10 +88,9 @@ def _is_product(path: Path) -> bool:
 
 def _product_output(rel: Path) -> Path:
     """``S2A_…SAFE.zip`` / ``S2A_….SAFE`` / ``bands/`` → ``S2A_….tif`` / ``bands.tif``."""
-    name = rel.name
-    for suffix in (".zip", ".SAFE", ".safe"):
-        name = name[: -len(suffix)] if name.endswith(suffix) else name
-    return rel.with_name(name + ".tif")
+    from ..io.s2_product import product_stem
+
+    return rel.with_name(product_stem(rel) + ".tif")
 
 
 def _output_name(rel: Path, is_dir: bool, product: bool = False) -> Path:

@@ -80,6 +80,14 @@ def _landsat_band(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def product_stem(path) -> str:
+    """``S2B_MSIL1C_…`` for ``S2B_MSIL1C_….SAFE`` or ``….SAFE.zip``; a band directory's own name."""
+    name = Path(path).name
+    for suffix in (".zip", ".SAFE", ".safe"):
+        name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+    return name
+
+
 def is_product(path) -> bool:
     """Cheap test (no raster opened): a ``*.SAFE`` directory, a ``.zip`` file (``open_product`` says
     what is wrong with one that holds no SAFE tree), or a directory without DICOM files holding

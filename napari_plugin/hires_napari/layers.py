@@ -122,9 +122,8 @@ def product_layer_data(bands: Sequence[Image], name: str, path: str) -> list[tup
         (data, kwargs, kind), = to_layer_data(image, f"{name} [{image.band_names[0]}]")
         kwargs["metadata"][PRODUCT] = product
         out.append((data, {**kwargs, "visible": False}, kind))
-    finest = min(abs(float(np.linalg.det(np.asarray(b.affine)[:2, :2]))) for b in bands)
-    fine = [(kw["name"], d, kw["metadata"]) for (d, kw, _), b in zip(out, bands)
-            if np.isclose(abs(float(np.linalg.det(np.asarray(b.affine)[:2, :2]))), finest)]
+    areas = [abs(float(np.linalg.det(np.asarray(b.affine)[:2, :2]))) for b in bands]  # pixel areas
+    fine = [(kw["name"], d, kw["metadata"]) for (d, kw, _), a in zip(out, areas) if np.isclose(a, min(areas))]
     return [*out, composite(fine, name)]
 
 

@@ -73,20 +73,12 @@ def read_product_layers(path) -> list[tuple]:
     from dataclasses import replace
 
     from hires_domain.io.raster import read_raster
-    from hires_domain.io.s2_product import open_product
+    from hires_domain.io.s2_product import open_product, product_stem
 
     product = open_product(path)
     bands = [replace(read_raster(f.path), band_names=(name,), nodata=f.nodata)
              for name, f in product.bands.items()]
-    return layers.product_layer_data(bands, product_name(path), product.path)
-
-
-def product_name(path) -> str:
-    """``S2B_MSIL1C_…`` for ``S2B_MSIL1C_….SAFE`` or its ``.zip``; a band directory's own name."""
-    name = Path(path).name
-    for suffix in (".zip", ".SAFE", ".safe"):
-        name = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
-    return name
+    return layers.product_layer_data(bands, product_stem(path), product.path)
 
 
 def layer_name(path, image) -> str:
