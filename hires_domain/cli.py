@@ -100,8 +100,10 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
             strict: bool = typer.Option(False, "--strict", help="refuse (exit 2, nothing written) an input unlike "
                                         "the trained model's training data instead of warning"),
             strength: Optional[float] = typer.Option(
-                None, help="x1 (denoising) models: 0-1, output = input + strength x (model - input) "
-                           "[default: 1, the model's output]"),
+                None, help="0-1, how far the result may move from the deterministic answer: x1 (denoising) "
+                           "models give input + strength x (model - input); diffusion models start sampling "
+                           "from their first stage noised to step strength x T (SDEdit; 0: the first stage, "
+                           "fewer steps run below 1) [default: 1, the model's output]"),
             steps: Optional[int] = typer.Option(None, help="diffusion models: sampler steps [default: the model's, 20]"),
             seed: Optional[int] = typer.Option(None, help="diffusion models: noise seed [default: 0]"),
             samples: Optional[int] = typer.Option(
@@ -144,9 +146,9 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
                         sample_output=sample_output,
                         uncertainty=uncertainty is not None, z_scale=z_scale, train_seconds=train_seconds,
                         keep_model=keep_model, slice_profile=slice_profile, thickness=thickness)
-    if strength is not None and settings.scale != 1:  # Settings refuses only a strength below 1
-        raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise; "
-                         f"{model} runs at x{settings.scale}")
+    if strength is not None and settings.scale != 1 and settings.sampling is None:  # Settings refuses only below 1
+        raise HiresError(f"--strength applies to x1 (denoising) models such as ct-denoise and to diffusion "
+                         f"models; {model} runs at x{settings.scale}")
     label = f"{model} x{settings.scale}" + (f" z x{z_scale}" if z_scale > 1 else "")
     with client_for(jobs, scheduler, say=_say(quiet)) as client:
         if client is not None:
@@ -321,6 +323,8 @@ def _print_metrics(rows: list[tuple[str, dict]]) -> None:
 
 WINDOW_HELP = "CT window: soft-tissue, lung, bone, brain, or hu (raw HU, -1024..3071; the default)"
 BANDS_HELP = "1-based bands to compare, e.g. 3,2,1 (default all)"
+IS_OPT = typer.Option(False, "--is", help="also the Inception Score of the outputs (the FID network's offline "
+                      "weights; refuses without them; a natural-image score, weakly meaningful for CT/satellite)")
 REPORT_OPTS = dict(json_path=typer.Option(None, "--json", help="write every number with its settings"),
                    report=typer.Option(None, help="self-contained HTML report"),
                    figures=typer.Option(None, help="directory for the report's PNG figures"))
@@ -338,11 +342,12 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction file (or director
              overlap: int = typer.Option(0, help="its overlap (seam score)"),
              baselines: str = typer.Option("bicubic", help="with --lr: models run on LR for comparison ('' for none)"),
              device: str = typer.Option("auto", help=DEVICE_HELP),
-             weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID backbone weights"),
+             weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID/IS backbone weights"),
+             inception_score: bool = IS_OPT,
              json_path: Optional[Path] = REPORT_OPTS["json_path"], report: Optional[Path] = REPORT_OPTS["report"],
              figures: Optional[Path] = REPORT_OPTS["figures"],
              overwrite: bool = typer.Option(False, "--overwrite", help="replace existing JSON/report")):
-    """PSNR/SSIM/MS-SSIM, LPIPS/FID and domain metrics of PRED against REF (and LR)."""
+    """PSNR/SSIM/MS-SSIM, LPIPS/FID (and IS with --is) and domain metrics of PRED against REF (and LR)."""
     from .evaluation import evaluate_paths, write_outputs
 
     for p in (json_path, report):
@@ -351,7 +356,8 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction file (or director
             check_output(p, overwrite)
     result, figs = evaluate_paths(pred, ref, lr, window=window, bands=_ints(bands), data_range=_range(data_range),
                                   resample=resample, tiling={"tile": tile, "overlap": overlap} if tile else None,
-                                  weights_dir=weights_dir, baselines=_names(baselines), device=device)
+                                  weights_dir=weights_dir, baselines=_names(baselines), device=device,
+                                  inception_score=inception_score)
     write_outputs(result, figs, f"hires evaluate: {pred.name} vs {ref.name}", json_path, report, figures, overwrite)
     _print_metrics([("prediction", result["metrics"]), *result.get("baselines", {}).items()])
 
@@ -363,7 +369,8 @@ def benchmark(manifest: Path = typer.Argument(..., help='JSON manifest {"items":
               bands: Optional[str] = typer.Option(None, help=BANDS_HELP),
               tile: int = typer.Option(256, help="tile size"), overlap: int = typer.Option(32, help="overlap"),
               device: str = typer.Option("auto", help=DEVICE_HELP),
-              weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID backbone weights"),
+              weights_dir: Optional[Path] = typer.Option(None, help="directory with LPIPS/FID/IS backbone weights"),
+              inception_score: bool = IS_OPT,
               json_path: Optional[Path] = REPORT_OPTS["json_path"], report: Optional[Path] = REPORT_OPTS["report"],
               figures: Optional[Path] = REPORT_OPTS["figures"],
               overwrite: bool = typer.Option(False, "--overwrite", help="replace existing JSON/report")):
@@ -377,14 +384,14 @@ def benchmark(manifest: Path = typer.Argument(..., help='JSON manifest {"items":
             from .io.common import check_output
             check_output(p, overwrite)
     result, figs = run_benchmark(manifest, names, window=window, bands=_ints(bands), tile=tile, overlap=overlap,
-                                 device=device, weights_dir=weights_dir)
+                                 device=device, weights_dir=weights_dir, inception_score=inception_score)
     write_outputs(result, figs, f"hires benchmark: {manifest.name}", json_path, report, figures, overwrite)
     _print_metrics([(m, r["metrics"]) for m, r in result["models"].items()])
 
 
 @app.command()
 def weights(weights_dir: Optional[Path] = typer.Option(None, help="extra directory to search first")):
-    """Which LPIPS/FID backbone weights and packages are present (looked up offline only)."""
+    """Which LPIPS/FID/IS backbone weights and packages are present (looked up offline only)."""
     from .metrics.weights import render_weights_status, weights_status
 
     for line in render_weights_status(weights_status(weights_dir)):

@@ -24,7 +24,7 @@ from .image import Image
 from .intensity import HU_PADDING_BELOW
 from .models import Model, get_model, resolve_scale
 from .models import domain as input_domain
-from .models.ldm import is_diffusion, sampling_for
+from .models.ldm import is_diffusion, sampling_for, steps_skipped
 from .models.self_sr import DEFAULT_TRAIN_SECONDS
 from .precision import check_precision, resolve_precision
 
@@ -47,7 +47,7 @@ class Settings:
     batch_size: int | None = None
     device: str = "auto"
     strict: bool = False  # refuse inputs unlike the model's training inputs (check_domain)
-    strength: float = 1.0  # x1 (denoising) models: output = input + strength * (model - input)
+    strength: float = 1.0  # how far the result may move from the deterministic answer (check_strength)
     # diffusion models only (None: the model's default; ldm.Sampling checks the values)
     steps: int | None = None
     seed: int | None = None
@@ -78,8 +78,8 @@ class Settings:
     def describe(self, tile=None, overlap=None, precision=None) -> str:
         """The request in one line (``Run.describe`` fills in the resolved tiling and precision)."""
         auto = lambda given, resolved: resolved if resolved is not None else "auto" if given is None else given  # noqa: E731
-        strength = f" strength={self.strength:g}" if self.scale == 1 else ""
         d = self.sampling
+        strength = f" strength={self.strength:g}" if self.scale == 1 or d is not None else ""
         diffusion = "" if d is None else (
             f" steps={d.steps} seed={d.seed} samples={d.samples} sampler={d.sampler} consistency={d.consistency}"
             f"{'' if d.temperature is None else f' temperature={d.temperature:g}'}"
@@ -217,20 +217,23 @@ def check_sampling(s: Settings):
                              f"{model.info.family} model")
         return None
     return sampling_for(model, **{k: getattr(s, k) for k in DIFFUSION_ONLY},
-                        sample_output=s.sample_output, uncertainty=s.uncertainty)
+                        sample_output=s.sample_output, uncertainty=s.uncertainty, strength=s.strength)
 
 
 def check_strength(strength, model: str, scale: int) -> float:
-    """A denoising strength in [0, 1]; anything but 1 only for a x1 model (one-line HiresError)."""
+    """A strength in [0, 1]: how far the result may move from the deterministic answer. x1 models:
+    output = input + strength × (model − input); diffusion models (SDEdit): sampling starts from the
+    first stage noised to step strength·T (0: the first stage, 1: full sampling). Anything but 1
+    for another model is a one-line HiresError."""
     try:
         value = float(strength)
     except (TypeError, ValueError):
         raise HiresError(f"strength must be a number from 0 to 1, got {strength!r}") from None
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise HiresError(f"strength must be from 0 to 1 (0: the input unchanged, 1: the model's output), got {value:g}")
-    if value != 1.0 and scale != 1:
-        raise HiresError(f"strength applies to x1 (denoising) models such as ct-denoise; "
-                         f"{model} runs at x{scale}")
+    if value != 1.0 and scale != 1 and not is_diffusion(get_model(model)):
+        raise HiresError(f"strength applies to x1 (denoising) models such as ct-denoise and to diffusion "
+                         f"models; {model} runs at x{scale}")
     return value
 
 
@@ -289,7 +292,7 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
         y = model.predict(flat, s.scale) if origins is None else model.predict_at(flat, s.scale, origins)
         if floor is not None:  # CT output below -1024 HU would read back as padding
             y[:, :image.channels] = y[:, :image.channels].clamp_min(floor)
-        if s.strength != 1.0:  # x1 only (Settings): a blend per tile, before the (linear) tile blending;
+        if s.strength != 1.0 and s.sampling is None:  # x1: a blend per tile, before the (linear) tile blending;
             y = flat + s.strength * (y - flat)  # invalid pixels are written as nodata by the sink anyway
         if shift is not None:
             y[:, :image.channels] = y[:, :image.channels] - shift.to(y.device, y.dtype)
@@ -369,7 +372,8 @@ def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run, on_step: Pr
     s = run.settings
     spec, predict = _plan(image, run, block=getattr(sink, "block", None))
     if s.sampling is not None and on_step is not None:
-        total = len(tiling.TilePlan(tuple(image.spatial_shape), spec).tiles()) * s.sampling.steps
+        steps = s.sampling.steps - steps_skipped(s.sampling.steps, s.sampling.strength)
+        total = len(tiling.TilePlan(tuple(image.spatial_shape), spec).tiles()) * steps
         done = itertools.count(1)
         run.model.on_step = lambda step, steps: on_step(next(done), total)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
@@ -392,8 +396,9 @@ def enhance(image: Image, model: str = "bicubic", scale: int | None = None, tile
     fp32, bf16 or fp16 (``precision.py``).
 
     An input unlike the model's training inputs gives one UserWarning (``check_domain``), or
-    with ``strict`` a HiresError. ``strength`` (x1 models, 0..1): output = input + strength ×
-    (model − input); 1 is the model's own output. Diffusion models take ``steps``, ``seed``,
+    with ``strict`` a HiresError. ``strength`` (0..1; ``check_strength``): x1 models give input +
+    strength × (model − input), diffusion models sample from their first stage noised to step
+    strength·T; 1 is the model's own output. Diffusion models take ``steps``, ``seed``,
     ``samples``, ``sampler``, ``consistency``, ``sample_output`` and ``uncertainty`` (see
     ``Settings``); with ``uncertainty=True`` the result is ``(image, std_image)``, the second
     the per-pixel standard deviation over the samples on the same grid. Volumes take

@@ -62,7 +62,7 @@ def test_settings_refuse_bad_strengths():
     for bad in (-0.1, 1.5, float("nan"), "lots"):
         with pytest.raises(HiresError, match="strength must be"):
             hd.Settings("ct-denoise", strength=bad)
-    with pytest.raises(HiresError, match="x1 .denoising. models"):
+    with pytest.raises(HiresError, match="x1 .denoising. models .* and to diffusion models"):
         hd.Settings("s2-sr-x4", strength=0.5)
     with pytest.raises(HiresError, match="bicubic runs at x2"):
         hd.enhance(hd.read(SAMPLES / "ct_head.nii.gz"), "bicubic", strength=0.5)

@@ -50,6 +50,7 @@ class Sampling:
     uncertainty: bool = False  # append the per-pixel standard deviation over the samples
     level: float | None = None  # LR augmentation level 0..1 (None: the model's default)
     temperature: float | None = None  # scale of the initial noise, 0..1.5 (None: the model's default)
+    strength: float = 1.0  # SDEdit: start from the first stage noised to step strength·T (0: the first stage)
 
     def __post_init__(self):
         for name in ("steps", "samples"):
@@ -64,6 +65,8 @@ class Sampling:
             raise HiresError(f"consistency must be one of {', '.join(CONSISTENCY)}, got '{self.consistency}'")
         if self.temperature is not None and not 0.0 <= float(self.temperature) <= 1.5:
             raise HiresError(f"temperature must be from 0 to 1.5, got {self.temperature}")
+        if not 0.0 <= float(self.strength) <= 1.0:  # also refuses NaN
+            raise HiresError(f"strength must be from 0 to 1 (0: the first stage, 1: full sampling), got {self.strength}")
         if self.level is not None and not 0.0 <= float(self.level) <= 1.0:
             raise HiresError(f"noise-augmentation level must be from 0 to 1, got {self.level}")
 
@@ -174,11 +177,18 @@ class DiffusionModel(NeuralModel):
                                          origin[:-2]) for k in range(smp.samples)]).to(x.device)
         scheduler = make_scheduler(d["scheduler"], smp.sampler, smp.steps)
         tau = float(self.defaults.get("temperature", 1.0) if smp.temperature is None else smp.temperature)
-        r = denoise_jointly(denoiser, noise * (tau * scheduler.init_noise_sigma), cond, scheduler, level,
-                            int(self.defaults.get("tile", 256)), int(self.defaults.get("overlap", 32)),
-                            int(self.defaults.get("halo", 16)), self.on_step)
-        smap = scale_map(mean, s, d.get("scale_map_floor"))
-        y = codec.decode(z_mean + float(d["latent_scale"]) * smap * r)[..., :h * s, :w * s]
+        start = steps_skipped(smp.steps, smp.strength)
+        if start == smp.steps:  # strength 0: the first stage itself, not its trip through the codec
+            y = mean.expand(smp.samples, -1, -1, -1)[..., :h * s, :w * s]
+        else:
+            x0 = noise * tau
+            x0 = x0 * scheduler.init_noise_sigma if start == 0 else scheduler.add_noise(
+                torch.zeros_like(x0), x0, scheduler.timesteps[start:start + 1])  # r = 0 (the first stage), noised
+            r = denoise_jointly(denoiser, x0, cond, scheduler, level, int(self.defaults.get("tile", 256)),
+                                int(self.defaults.get("overlap", 32)), int(self.defaults.get("halo", 16)),
+                                self.on_step, start=start)
+            smap = scale_map(mean, s, d.get("scale_map_floor"))
+            y = codec.decode(z_mean + float(d["latent_scale"]) * smap * r)[..., :h * s, :w * s]
         if self.enforce:
             y = project_consistent(y, lr, s)
         y = self.normaliser.inverse(y)
@@ -187,6 +197,11 @@ class DiffusionModel(NeuralModel):
             std = y.std(0, keepdim=True, unbiased=False) if smp.samples > 1 else torch.zeros_like(out)
             out = torch.cat([out, std], 1)
         return out
+
+
+def steps_skipped(steps: int, strength: float) -> int:
+    """Sampler steps skipped at ``strength``: SDEdit runs the last ``round(strength · steps)``."""
+    return steps - round(float(strength) * steps)
 
 
 def diffusion_json(name: str, normaliser: Normaliser, domain: str, bands, scale: int, diffusion: dict, halo: int,

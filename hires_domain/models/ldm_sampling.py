@@ -59,10 +59,11 @@ def make_scheduler(config: dict, sampler: str, steps: int):
 
 
 def denoise_jointly(net, x: torch.Tensor, cond: torch.Tensor, scheduler, level: float, tile: int, overlap: int,
-                    halo: int, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Run ``scheduler`` from noise ``x`` ``(N, Lc, H, W)`` given ``cond`` ``(1, Cc, H, W)``; H and W
-    multiples of ``net.multiple``. Tiles of ``tile`` latent pixels (each read with ``halo``),
-    blended over ``overlap``. ``on_step(step, steps)`` after each step (raising in it cancels)."""
+                    halo: int, on_step: Callable[[int, int], None] | None = None, start: int = 0) -> torch.Tensor:
+    """Run ``scheduler`` from its step ``start`` on ``x`` ``(N, Lc, H, W)`` (noise, or a latent noised
+    to that step) given ``cond`` ``(1, Cc, H, W)``; H and W multiples of ``net.multiple``. Tiles of
+    ``tile`` latent pixels (each read with ``halo``), blended over ``overlap``. ``on_step(step,
+    steps)`` after each step run (raising in it cancels)."""
     m = net.multiple
     tile, overlap, halo = (max(m, v // m * m) for v in (tile, overlap, halo))
     overlap = min(overlap, tile - m)
@@ -71,8 +72,11 @@ def denoise_jointly(net, x: torch.Tensor, cond: torch.Tensor, scheduler, level: 
     tiles = plan.tiles()
     full = tuple(slice(0, n) for n in x.shape[-2:])
     total = torch.from_numpy(plan.weight_total(full)).to(x.device, x.dtype)
-    steps = len(scheduler.timesteps)
-    for i, t in enumerate(scheduler.timesteps):
+    if start and hasattr(scheduler, "set_begin_index"):  # multistep solvers index their history from here
+        scheduler.set_begin_index(start)
+    timesteps = scheduler.timesteps[start:]
+    steps = len(timesteps)
+    for i, t in enumerate(timesteps):
         if len(tiles) == 1:
             pred = net(x, t, cond, level)
         else:

@@ -244,9 +244,11 @@ def takes_precision(name: str) -> bool:
 
 
 def takes_strength(name: str) -> bool:
-    """A x1 (denoising) model such as ct-denoise: the widget offers a strength (Settings.strength)."""
+    """A x1 (denoising) model such as ct-denoise, or a diffusion model: the widget offers a
+    strength (Settings.strength, ``pipeline.check_strength``)."""
     info = model_info(name)
-    return info is not None and tuple(info.scales) == (1,) and info.family != "self-supervised"
+    return info is not None and (tuple(info.scales) == (1,) and info.family != "self-supervised"
+                                 or info.family == "diffusion")
 
 
 def diffusion_defaults(name: str) -> Sampling | None:

@@ -96,6 +96,13 @@ def _watch_layers(viewer, callback) -> None:
     viewer.layers.events.moved.connect(callback)
 
 
+STRENGTH_TIPS = {  # how far the result may move from the deterministic answer (pipeline.check_strength)
+    False: "how much of the model's change to keep: output = input + strength × (model − input); "
+           "1 = the model's output, 0 = the input",
+    True: "repaint strength: sampling starts from the first stage noised to step strength × T (fewer "
+          "steps run); 0 = the first stage (deterministic), 1 = full sampling"}
+
+
 class EnhanceWidget(QWidget):
     """Enhance an image layer (or the current view / a drawn rectangle of it) with a model."""
 
@@ -141,9 +148,7 @@ class EnhanceWidget(QWidget):
         self.uncertainty.setToolTip("add the per-pixel standard deviation over the samples as its own layer "
                                     "(needs samples > 1; on by default then)")
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=1.0, singleStep=0.1, decimals=2)
-        self.strength.setToolTip("how much of the model's change to keep: output = input + strength × "
-                                 "(model − input); 1 = the model's output, 0 = the input")
-        self.strength_label = QLabel("strength")  # the row shows for x1 (denoising) models only
+        self.strength_label = QLabel("strength")  # the row shows for x1 (denoising) and diffusion models only
         self.diffusion_box = QWidget()
         self.diffusion_label = QLabel("diffusion")  # the row (label and box) shows for diffusion models only
         dl = QGridLayout(self.diffusion_box)
@@ -279,9 +284,10 @@ class EnhanceWidget(QWidget):
             self.sampler.setCurrentText(defaults.sampler)
         self._defaults_of = name if diffusion else ""
         self._on_samples(self.samples.value())
-        denoiser = jobs.takes_strength(name)
-        self.strength_label.setVisible(denoiser)
-        self.strength.setVisible(denoiser)
+        strength = jobs.takes_strength(name)
+        self.strength_label.setVisible(strength)
+        self.strength.setVisible(strength)
+        self.strength.setToolTip(STRENGTH_TIPS[diffusion])
         reduced = jobs.takes_precision(name)
         self.precision.setEnabled(reduced)
         if not reduced:

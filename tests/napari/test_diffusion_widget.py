@@ -50,7 +50,7 @@ def steps_seen(monkeypatch):
     calls = []
     real = ldm.denoise_jointly
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         *head, on_step = args
 
         def counted(step, steps):
@@ -58,7 +58,7 @@ def steps_seen(monkeypatch):
             if on_step is not None:
                 on_step(step, steps)
 
-        return real(*head, counted)
+        return real(*head, counted, **kwargs)
 
     monkeypatch.setattr(ldm, "denoise_jointly", counting)
     return calls
@@ -118,9 +118,14 @@ def test_fields_live_for_diffusion_models_only(viewer, enhance, registry, tmp_pa
     b04(viewer)  # another layer: the user's steps are kept, not reset to the model's default
     assert w.steps.value() == 6
 
+    assert w.strength.isVisibleTo(w) and "first stage" in w.strength.toolTip()  # repaint strength
+    w.strength.setValue(0.4)
+    assert w.settings().sampling.strength == 0.4 and "strength=0.4" in w.settings().describe()
+
     w.model_combo.setCurrentText("bicubic")
     assert not any(c.isEnabled() for c in diffusion_controls(w)) and not w.uncertainty.isEnabled()
     assert w.diffusion_box.isHidden() and w.settings().sampling is None and not w.settings().uncertainty
+    assert w.strength.isHidden() and w.settings().strength == 1.0
 
 
 def test_progress_counts_steps_over_all_tiles(viewer, enhance, qtbot, registry, tmp_path, steps_seen):
@@ -141,6 +146,19 @@ def test_progress_counts_steps_over_all_tiles(viewer, enhance, qtbot, registry, 
     assert [ly.name for ly in viewer.layers] == [layer.name, f"{layer.name} [t-ldm1 x2]"]
     provenance = layers.to_image(out.data, out.metadata).meta["provenance"]
     assert "model=t-ldm1 scale=2" in provenance and "steps=3 seed=5 samples=1" in provenance
+
+
+def test_strength_runs_fewer_steps(viewer, enhance, qtbot, registry, tmp_path, steps_seen):
+    """Repaint strength 0.5 of 4 steps: each tile runs the last 2 (SDEdit), and progress says so."""
+    make_ldm(tmp_path, name="t-ldm1", bands=1, scale=2)
+    b04(viewer)
+    w = enhance("t-ldm1", tile=16, overlap=0)
+    w.steps.setValue(4)
+    w.strength.setValue(0.5)
+    run_and_wait(qtbot, w)
+    assert w.last_outcome == "added", w.status.text()
+    assert w.last_progress == (8, 8) and len(steps_seen) == 8 and {t for _, t in steps_seen} == {2}
+    assert "strength=0.5" in layers.to_image(viewer.layers[-1].data, viewer.layers[-1].metadata).meta["provenance"]
 
 
 def test_cancel_stops_within_one_step(viewer, enhance, qtbot, registry, tmp_path, steps_seen):
