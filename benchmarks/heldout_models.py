@@ -93,11 +93,12 @@ def _blocks(a: np.ndarray, b: int = 16) -> np.ndarray:
 
 
 def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limit: int | None,
-                   every: int = 1) -> dict:
+                   every: int = 1, strengths: tuple[float, ...] = (1.0,)) -> dict:
     """A diffusion model's sample mean (``samples`` draws) and one sample against bicubic and
-    its first stage (the SRGAN model it was trained on), both degradations; plus the
-    high-frequency energy ratio, consistency with and without enforcement, and the Spearman
-    correlation between the per-16×16-block mean uncertainty and the block RMSE of the mean."""
+    its first stage (the SRGAN model it was trained on), both degradations, at each repaint
+    ``strength``; plus the high-frequency energy ratio, consistency with and without enforcement
+    (strength 1), and the Spearman correlation between the per-16×16-block mean uncertainty and
+    the block RMSE of the mean."""
     from scipy.stats import spearmanr
 
     from hires_domain.models import get_model
@@ -120,12 +121,23 @@ def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limi
         for how, lr_arr in lrs.items():
             lr = as_image(lr_arr, manifest, coarser=scale)
             preds = {m: hd.enhance(lr, model=m, scale=scale, device="cpu") for m in ("bicubic", first) if m}
-            mean, std = hd.enhance(lr, model=model, device="cpu", samples=samples, uncertainty=True)
-            preds[f"{model} mean of {samples}"] = mean
-            preds[f"{model} one sample"] = hd.enhance(lr, model=model, device="cpu", samples=1)
-            other = "off" if info.enforce else "enforce"
-            preds[f"{model} mean of {samples}, consistency {other}"] = hd.enhance(
-                lr, model=model, device="cpu", samples=samples, consistency=other)
+            for strength in strengths:
+                at = "" if strength == 1 else f", strength {strength:g}"
+                mean, std = hd.enhance(lr, model=model, device="cpu", samples=samples, uncertainty=True,
+                                       strength=strength)
+                preds[f"{model} mean of {samples}{at}"] = mean
+                preds[f"{model} one sample{at}"] = hd.enhance(lr, model=model, device="cpu", samples=1,
+                                                                strength=strength)
+                err = (to_metric(np.asarray(mean.data).reshape(z["hr"].shape)) - to_metric(z["hr"])) ** 2
+                err = np.where(z["valid"], err, np.nan)
+                sd = np.where(z["valid"], to_metric(np.asarray(std.data).reshape(z["hr"].shape)), np.nan)
+                blocks = pairs.setdefault((how, strength), ([], []))
+                blocks[0].append(_blocks(sd))
+                blocks[1].append(np.sqrt(_blocks(err)))
+            if 1.0 in strengths:
+                other = "off" if info.enforce else "enforce"
+                preds[f"{model} mean of {samples}, consistency {other}"] = hd.enhance(
+                    lr, model=model, device="cpu", samples=samples, consistency=other)
             for method, pred in preds.items():
                 m = evaluate_pair(pred, hr, lr)["metrics"]
                 vals = {k: m[k]["value"] for k in ("psnr", "ssim", "sam", "consistency_psnr") if k in m}
@@ -135,22 +147,18 @@ def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limi
                 for k, v in vals.items():
                     if v is not None:
                         results.setdefault((how, method, "default"), {}).setdefault(k, []).append(v)
-            err = (to_metric(np.asarray(mean.data).reshape(z["hr"].shape)) - to_metric(z["hr"])) ** 2
-            err = np.where(z["valid"], err, np.nan)
-            sd = np.where(z["valid"], to_metric(np.asarray(std.data).reshape(z["hr"].shape)), np.nan)
-            blocks = pairs.setdefault(how, ([], []))
-            blocks[0].append(_blocks(sd))
-            blocks[1].append(np.sqrt(_blocks(err)))
     rows = {" | ".join(key): {k: float(np.mean(v)) for k, v in vals.items()} for key, vals in results.items()}
-    for how, (u, e) in pairs.items():
+    for (how, strength), (u, e) in pairs.items():
         u, e = np.concatenate(u), np.concatenate(e)
         ok = np.isfinite(u) & np.isfinite(e)
-        rows[f"{how} | uncertainty vs error (16x16 blocks, Spearman) | default"] = {
-            "spearman": float(spearmanr(u[ok], e[ok]).statistic), "blocks": int(ok.sum())}
+        at = "" if strength == 1 else f", strength {strength:g}"
+        rows[f"{how} | uncertainty vs error (16x16 blocks, Spearman){at} | default"] = {
+            "spearman": float(spearmanr(u[ok], e[ok]).statistic) if u[ok].std() > 0 else float("nan"),
+            "blocks": int(ok.sum())}
     return rows
 
 
-def seconds_256(model: str, manifest: dict) -> dict:
+def seconds_256(model: str, manifest: dict, strength: float = 1.0) -> dict:
     """Seconds for a 256 × 256 LR input at default settings (1 sample), after one warm-up."""
     import time
 
@@ -163,7 +171,7 @@ def seconds_256(model: str, manifest: dict) -> dict:
     lr = as_image(arr, manifest)
     hd.enhance(lr, model=model, device="cpu", steps=2)
     start = time.perf_counter()
-    hd.enhance(lr, model=model, device="cpu")
+    hd.enhance(lr, model=model, device="cpu", strength=strength)
     return {"seconds_256_lr": time.perf_counter() - start}
 
 
@@ -213,14 +221,18 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=8, help="diffusion models: samples per mean (and uncertainty)")
     ap.add_argument("--limit", type=int, help="diffusion models: at most N val items")
     ap.add_argument("--every", type=int, default=1, help="diffusion models: every K-th val item (spread over the split)")
+    ap.add_argument("--strengths", default="1", help="diffusion models: repaint strengths, e.g. 0.3,0.6,1")
     args = ap.parse_args()
     manifest = json.loads((args.dataset / "manifest.json").read_text())
     from hires_domain.models import get_model
     from hires_domain.models.ldm import is_diffusion
 
     if is_diffusion(get_model(args.model)):
-        rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit, args.every)
-        rows["timing | 256x256 LR, 1 sample, default steps | -"] = seconds_256(args.model, manifest)
+        strengths = tuple(float(v) for v in args.strengths.split(","))
+        rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit, args.every, strengths)
+        for strength in strengths:
+            at = "" if strength == 1 else f", strength {strength:g}"
+            rows[f"timing | 256x256 LR, 1 sample, default steps{at} | -"] = seconds_256(args.model, manifest, strength)
     else:
         rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
     names = sorted({n for v in rows.values() for n in v})
@@ -232,7 +244,8 @@ def main() -> int:
         print(f"| {label} | " + " | ".join(f"{vals[n]:.4f}" if n in vals else "" for n in names) + " |")
     if args.json:
         args.json.write_text(json.dumps({"dataset": str(args.dataset), "model": args.model, "rows": rows,
-                                         "samples": args.samples, "limit": args.limit, "every": args.every},
+                                         "samples": args.samples, "limit": args.limit, "every": args.every,
+                                         "strengths": args.strengths},
                                         indent=2))
     return 0
 

@@ -1,7 +1,8 @@
 """Regenerate the report figures quoted in docs/metrics.md from the bundled real samples.
 
 Builds LR inputs by area (block-mean) downsampling of the Sentinel-2 crop (x4) and of the CT
-NIfTI crop (x2 in-plane), runs `hires benchmark` with the baselines, and screenshots the HTML
+NIfTI crop (x2 in-plane), runs `hires benchmark` with the baselines (and `--is`, the Inception
+Score, when its offline Inception weights are found: `hires weights`), and screenshots the HTML
 report with headless Chromium when it is installed (Debian package `chromium`).
 
     python benchmarks/report_figures.py [OUT_DIR]      # default docs/images
@@ -61,8 +62,19 @@ def screenshot(html: Path, png: Path) -> None:
                         html.as_uri()], check=True, capture_output=True)
 
 
+def is_option() -> list[str]:
+    """``--is`` when IS can run; `hires benchmark --is` refuses without its weights."""
+    from hires_domain.metrics.weights import metric_status
+
+    status = metric_status("is")
+    if not status["available"]:
+        print(f"{status['reason']}: the reports go without IS")
+    return ["--is"] if status["available"] else []
+
+
 def main(out: Path = ROOT / "docs" / "images") -> None:
     out.mkdir(parents=True, exist_ok=True)
+    with_is = is_option()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         s2_lr(tmp / "s2_lr.tif")
@@ -72,7 +84,7 @@ def main(out: Path = ROOT / "docs" / "images") -> None:
             manifest = tmp / f"{name}.json"
             manifest.write_text(json.dumps({"items": [{"id": f"{name} sample", "lr": str(lr), "hr": str(hr)}]}))
             hires("benchmark", manifest, "--models", "nearest,bicubic,lanczos", "--tile", "32", "--overlap", "8",
-                  "--device", "cpu", *extra, "--json", out / f"benchmark_{name}.json",
+                  "--device", "cpu", *extra, *with_is, "--json", out / f"benchmark_{name}.json",
                   "--report", tmp / f"{name}.html", "--figures", tmp / f"{name}_figs", "--overwrite")
             shutil.copy(tmp / f"{name}_figs" / "figure_00.png", out / f"benchmark_{name}_crops.png")
             screenshot(tmp / f"{name}.html", out / f"benchmark_{name}_report.png")

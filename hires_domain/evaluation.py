@@ -12,21 +12,25 @@ from . import io
 from .errors import HiresError
 from .image import Image
 from .metrics import evaluate_pair, load_pixels
-from .metrics.perceptual import fid_metric, perceptual_metrics
+from .metrics import perceptual
 from .pipeline import enhance
 from .report import (centre_crop, display_for, error_figure, histogram_figure, metric_table, middle_slice,
                      panels_figure, rgb_bands, upsample_nearest, write_html)
 
-FID_PATCH = 64  # FID of a single pair is computed over patches of this size (stated in the result)
+FID_PATCH = 64  # FID and IS of a single pair are computed over patches of this size (stated in the result)
 CROP = 192  # output pixels shown per panel
 
 
 class Perceptual:
-    """The ``evaluate_pair`` hook adding LPIPS (per pair) and FID (over patches of the pair, or
-    over the whole set when ``collect``); weights are looked up offline."""
+    """The ``evaluate_pair`` hook adding LPIPS (per pair), FID and, with ``inception_score``, IS
+    (over patches of the pair, or over the whole set when ``collect``); weights are looked up
+    offline. IS is asked for explicitly, so without its weights the hook refuses (HiresError)
+    when it is made, before any work, instead of reporting it unavailable."""
 
-    def __init__(self, weights_dir=None, collect: bool = False):
-        self.weights_dir, self.collect = weights_dir, collect
+    def __init__(self, weights_dir=None, collect: bool = False, inception_score: bool = False):
+        self.weights_dir, self.collect, self.inception_score = weights_dir, collect, inception_score
+        if inception_score:
+            perceptual.is_classifier(weights_dir)  # HiresError with the reason when it cannot run
         self.pred, self.ref, self.settings = [], [], None
 
     def __call__(self, p, r, s) -> dict:
@@ -34,17 +38,23 @@ class Perceptual:
         triplet = list(rgb_bands(s["bands"])) if kind == "raster" and len(s["bands"]) > 3 else None
         valid = s.get("valid")
         s = {k: v for k, v in s.items() if k != "valid"} | {"bands": triplet}
-        out = perceptual_metrics(p, r, s, self.weights_dir, valid=valid)
+        out = perceptual.perceptual_metrics(p, r, s, self.weights_dir, valid=valid)
         if self.collect:
             self.pred.append(p)
             self.ref.append(r)
             self.settings = s
-        else:
-            out.update(fid_metric([p], [r], {**s, "patch": FID_PATCH, "stride": FID_PATCH}, self.weights_dir))
-        return out
+            return out
+        return out | self._set_metrics([p], [r], {**s, "patch": FID_PATCH, "stride": FID_PATCH})
 
-    def set_fid(self) -> dict:
-        return fid_metric(self.pred, self.ref, self.settings, self.weights_dir)["fid"]
+    def set_metrics(self) -> dict:
+        """FID (and IS) over every pair seen, when ``collect``."""
+        return self._set_metrics(self.pred, self.ref, self.settings)
+
+    def _set_metrics(self, pred, ref, settings) -> dict:
+        out = perceptual.fid_metric(pred, ref, settings, self.weights_dir)
+        if self.inception_score:
+            out |= perceptual.is_metric(pred, settings, self.weights_dir, ref_list=ref)
+        return out
 
 
 def _pairs(pred: Path, ref: Path, lr: Path | None) -> list[tuple[str, Path, Path, Path | None]]:
@@ -64,26 +74,36 @@ def _has_files(ref: Path) -> bool:
 
 
 def _mean(results: list[dict]) -> dict:
-    """Per-metric mean of ``value`` over items (None values skipped), units kept."""
+    """Per-metric mean of ``value`` (and of ``ref_value``) over items (None values skipped),
+    units kept; per-item spreads (``per_band``, IS's ``std``) are left to the items."""
+    def mean(entries, field):
+        values = [e.get(field) for e in entries if isinstance(e.get(field), (int, float))]
+        return (float(np.mean(values)) if values else None), len(values)
+
     out = {}
     for key in results[0]["metrics"]:
-        values = [r["metrics"][key].get("value") for r in results if key in r["metrics"]]
-        values = [v for v in values if isinstance(v, (int, float))]
-        entry = {k: v for k, v in results[0]["metrics"][key].items() if k not in ("value", "per_band")}
-        out[key] = {**entry, "value": float(np.mean(values)) if values else None, "n": len(values)}
+        entries = [r["metrics"][key] for r in results if key in r["metrics"]]
+        entry = {k: v for k, v in entries[0].items() if k not in ("value", "per_band", "std")}
+        if "ref_value" in entry:
+            entry["ref_value"] = mean(entries, "ref_value")[0]
+        value, n = mean(entries, "value")
+        out[key] = {**entry, "value": value, "n": n}
     return out
 
 
 def evaluate_paths(pred, ref, lr=None, window=None, bands=None, data_range=None, resample=False,
-                   tiling=None, weights_dir=None, baselines=("bicubic",), device="auto") -> tuple[dict, list]:
+                   tiling=None, weights_dir=None, baselines=("bicubic",), device="auto",
+                   inception_score: bool = False) -> tuple[dict, list]:
     """Evaluate a file pair or two directories; returns (JSON-able result, report figures).
 
     With ``lr``, each of ``baselines`` is also run on the LR input and evaluated the same way, so
-    the prediction's numbers stand next to the reference methods' in one table.
+    the prediction's numbers stand next to the reference methods' in one table. ``inception_score``
+    adds IS (HiresError at once when its weights are not found offline).
     """
     pairs = _pairs(Path(pred), Path(ref), Path(lr) if lr else None)
     names = ["prediction"] + (list(baselines) if lr else [])
-    hooks = {n: Perceptual(weights_dir, collect=len(pairs) > 1) for n in names}
+    hooks = {n: Perceptual(weights_dir, collect=len(pairs) > 1, inception_score=inception_score)
+             for n in names}
     items = {n: [] for n in names}
     figures = []
     for name, p, r, l_ in pairs:
@@ -106,8 +126,7 @@ def evaluate_paths(pred, ref, lr=None, window=None, bands=None, data_range=None,
         result["baselines"] = {n: items[n][0]["metrics"] for n in names[1:]}
         return result, figures
     for n in names:
-        mean = _mean(items[n])
-        mean["fid"] = hooks[n].set_fid()
+        mean = _mean(items[n]) | hooks[n].set_metrics()
         if n == "prediction":
             result.update(metrics=mean, items=first)
         else:
@@ -158,8 +177,10 @@ def load_manifest(path: Path) -> list[dict]:
 
 
 def benchmark(manifest, models: list[str], window=None, bands=None, tile=256, overlap=32, device="auto",
-              weights_dir=None) -> tuple[dict, list]:
-    """Every model on every manifest item (LR → model → compared with HR and with the LR)."""
+              weights_dir=None, inception_score: bool = False) -> tuple[dict, list]:
+    """Every model on every manifest item (LR → model → compared with HR and with the LR);
+    ``inception_score`` as in :func:`evaluate_paths`."""
+    hook = Perceptual(weights_dir, inception_score=inception_score)  # refuses before any work
     items = load_manifest(manifest)
     per_model = {m: [] for m in models}
     figures = []
@@ -169,7 +190,7 @@ def benchmark(manifest, models: list[str], window=None, bands=None, tile=256, ov
         preds = {}
         for m in models:
             preds[m] = enhance(lr, model=m, scale=scale, tile=tile, overlap=overlap, device=device)
-            res = evaluate_pair(preds[m], hr, lr, window=window, bands=bands, perceptual=Perceptual(weights_dir),
+            res = evaluate_pair(preds[m], hr, lr, window=window, bands=bands, perceptual=hook,
                                 tiling={"tile": tile, "overlap": overlap})
             per_model[m].append({"id": it["id"], **res})
         if len(figures) < 9:
@@ -208,7 +229,10 @@ def _notes(result: dict) -> list[str]:
     notes = [f"data range: {rng['name']} [{rng['lo']}, {rng['hi']}] — {rng['description']}",
              f"bands: {', '.join(s['bands'])}", f"mask: {s['mask']}"]
     metrics = result.get("metrics") or next(iter(result["models"].values()))["metrics"]
-    for key in ("lpips", "fid"):
-        e = metrics.get(key, {})
-        notes.append(f"{key}: " + (e.get("reason") or f"{e.get('backbone', '')} {e.get('set', '')}".strip()))
+    for key in ("lpips", "fid", "is"):
+        e = metrics.get(key)
+        if e is not None:
+            text = e.get("reason") or f"{e.get('backbone', '')} {e.get('set', '')}".strip()
+            notes.append(f"{'IS (Inception Score)' if key == 'is' else key}: {text}"
+                         + (f"; {e['note']}" if e.get("note") else ""))
     return notes

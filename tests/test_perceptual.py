@@ -258,8 +258,8 @@ def test_fid_without_weights_is_unavailable_not_raised(s2, no_weights):
 
 def test_weights_status_with_nothing_present(no_weights):
     status = {s["metric"]: s for s in W.weights_status(no_weights)}
-    assert set(status) == {"lpips-alex", "lpips-vgg", "fid"}
-    expected = {"lpips-alex": ALEX, "lpips-vgg": "vgg16-397923af.pth", "fid": INCEPTION}
+    assert set(status) == {"lpips-alex", "lpips-vgg", "fid", "is"}
+    expected = {"lpips-alex": ALEX, "lpips-vgg": "vgg16-397923af.pth", "fid": INCEPTION, "is": INCEPTION}
     for s, name in ((status[m], f) for m, f in expected.items()):
         assert not s["available"] and s["files"] == {name: None} and s["missing_files"] == [name]
         assert name in s["reason"] and str(no_weights) in s["reason"] and "torch hub cache" in s["reason"]

@@ -1,6 +1,7 @@
-"""Perceptual metrics: LPIPS per image pair and FID over a set, on windowed 3-channel images.
+"""Perceptual metrics: LPIPS per image pair, FID and the Inception Score (IS) over a set, on
+windowed 3-channel images.
 
-Both networks expect RGB photographs, so every input first becomes 3-channel images in [-1, 1]
+The networks expect RGB photographs, so every input first becomes 3-channel images in [-1, 1]
 through an explicit intensity range (:func:`prepare_rgb`). Backbone weights are found offline
 (``weights``); when they are missing the metric is reported ``unavailable`` with the reason and
 the file to provide, never raised and never downloaded.
@@ -13,6 +14,7 @@ from itertools import combinations
 import numpy as np
 import torch
 from scipy import linalg
+from scipy.special import logsumexp
 
 from ..errors import HiresError
 from ..intensity import ct_window
@@ -197,13 +199,14 @@ def to_uint8(rgb) -> torch.Tensor:
     return torch.round((torch.as_tensor(rgb).clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
 
-def fid_extractor(weights_dir=None):
+def fid_extractor(weights_dir=None, metric: str = "fid"):
     """torch-fidelity's FID Inception (via torchmetrics) as ``uint8 (N, 3, H, W) -> (N, 2048)``.
 
     It resizes to 299x299 itself with TensorFlow-1-compatible bilinear interpolation and no
     antialiasing (``antialias=False``; torchmetrics' default is True), as published FIDs did.
+    ``metric`` (``'fid'`` or ``'is'``, same file) names the metric in the reason it is unavailable.
     """
-    status = weights.metric_status("fid", weights_dir)
+    status = weights.metric_status(metric, weights_dir)
     if not status["available"]:
         raise HiresError(status["reason"])
     path = next(iter(status["files"].values()))
@@ -211,11 +214,20 @@ def fid_extractor(weights_dir=None):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         try:
-            metric = FrechetInceptionDistance(feature=2048, antialias=False, feature_extractor_weights_path=path)
+            fid_module = FrechetInceptionDistance(feature=2048, antialias=False, feature_extractor_weights_path=path)
         except Exception as exc:
-            raise HiresError(f"FID could not load {path}: {exc}") from exc
-        _FID_EXTRACTORS[path] = metric.inception
+            raise HiresError(f"{status['name']} could not load {path}: {exc}") from exc
+        _FID_EXTRACTORS[path] = fid_module.inception
     return _FID_EXTRACTORS[path]
+
+
+def is_classifier(weights_dir=None):
+    """The FID network (same file, same loaded module, same resize) as ``uint8 (N, 3, H, W) ->
+    (N, 1008)`` class logits: its 2048 pool features times the final layer's weights, without the
+    bias (torch-fidelity's ``logits_unbiased``, as the original Inception Score code computed them).
+    """
+    inception = fid_extractor(weights_dir, metric="is")
+    return lambda x: inception(x) @ inception.fc.weight.T
 
 
 def _features(images, extractor, batch: int) -> np.ndarray:
@@ -249,34 +261,106 @@ def fid(pred_images, ref_images, extractor=None, *, weights_dir=None, batch: int
     return frechet_distance(*stats)
 
 
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+    """Inception Score of a set from its class logits ``(N, classes)``: per split,
+    ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the split's mean of ``p(y|x)``; returns the mean
+    and the (population) std over ``splits`` contiguous splits, as the original code (Salimans et
+    al. 2016). 1 when every image gets the same distribution; at most min(classes, split size).
+
+    Written here, in float64 on the logits, rather than with torchmetrics' ``InceptionScore``: given
+    a layer name, that one builds its network without a weights path (it would download), and it
+    shuffles the samples with torch's global RNG before splitting, so the same images would score
+    differently from run to run.
+    """
+    log_p = torch.as_tensor(logits, dtype=torch.float64)
+    if log_p.ndim != 2 or not 1 <= splits <= len(log_p):
+        raise HiresError(f"the Inception Score needs (N, classes) logits and 1 <= splits <= N, "
+                         f"got shape {tuple(log_p.shape)} and {splits} splits")
+    log_p, n = log_p.log_softmax(dim=1).numpy(), len(log_p)
+    scores = []
+    for part in (log_p[i * n // splits:(i + 1) * n // splits] for i in range(splits)):  # the original's splits
+        log_py = logsumexp(part, axis=0) - np.log(len(part))  # log of the split's mean p(y|x), finite
+        scores.append(np.exp((np.exp(part) * (part - log_py)).sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+FID_BACKBONE = "inception-v3 (torch-fidelity), 2048 features, bilinear resize to 299 without antialias"
+IS_BACKBONE = "inception-v3 (torch-fidelity), 1008-class logits (no bias), bilinear resize to 299 without antialias"
+IS_SPLITS = 10  # at most; a set of N samples gets min(10, N // 2) splits (stated in the result)
+IS_NOTE = ("natural-image class-confidence score (ImageNet classes), weakly meaningful for CT and satellite "
+           "images: compare with the reference's IS (ref_value), never across domains or with published values")
+
+
+def _rgb_set(arrays, settings: dict) -> list:
+    """The samples of a set as the network sees them: :func:`prepare_rgb` of each array, or its
+    ``settings['patch']``-sized patches every ``settings['stride']``."""
+    prep, size = _prep_kwargs(settings), settings.get("patch")
+    rgb = [prepare_rgb(a, **prep) for a in arrays]
+    return [patches(x, size, settings.get("stride")) for x in rgb] if size else rgb
+
+
+def _set_entry(arrays, rgb: list, settings: dict) -> dict:
+    """What a set metric was computed on: how many samples, of what, from what, which bands."""
+    size = settings.get("patch")
+    n, volumes = sum(len(x) for x in rgb), np.ndim(arrays[0]) == 4
+    source = ("one " if len(arrays) == 1 else f"{len(arrays)} ") + ("volume" if volumes else "image")
+    source += "" if len(arrays) == 1 else "s"
+    what = f"patches of {size}x{size}" if size else ("slices" if volumes else "images")
+    return {"set": f"{n} {what} from {source}",
+            "bands": describe_bands(np.shape(arrays[0])[0], _prep_kwargs(settings)["bands"])}
+
+
+def _network(metric: str, build, net, weights_dir, backbone: str) -> tuple:
+    """``(net, backbone, unavailable entry or None)``: an injected ``net`` under its own name, or
+    ``build(weights_dir)``; weights not found offline give the ``unavailable`` entry, never raise."""
+    if net is not None:
+        return net, getattr(net, "__name__", type(net).__name__), None
+    try:
+        return build(weights_dir), backbone, None
+    except HiresError as exc:
+        return None, backbone, {"value": None, "status": "unavailable", "reason": str(exc),
+                                "missing": weights.metric_status(metric, weights_dir)["missing_files"]}
+
+
 def fid_metric(pred_list, ref_list, settings: dict, weights_dir=None, extractor=None) -> dict:
     """``{"fid": entry}`` over a set: lists of ``(C, *spatial)`` arrays (images or volumes).
 
     ``settings`` as in :func:`perceptual_metrics`, plus ``patch`` (size) and ``stride`` to use
     patches of each image instead of whole images (the way to get a set from one large image).
     """
-    unavailable = None
-    if extractor is None:
-        backbone = "inception-v3 (torch-fidelity), 2048 features, bilinear resize to 299 without antialias"
-        try:
-            extractor = fid_extractor(weights_dir)
-        except HiresError as exc:
-            unavailable = {"value": None, "status": "unavailable", "reason": str(exc),
-                           "missing": weights.metric_status("fid", weights_dir)["missing_files"]}
-    else:
-        backbone = getattr(extractor, "__name__", type(extractor).__name__)
-    prep = _prep_kwargs(settings)
-    size, stride = settings.get("patch"), settings.get("stride")
-    pred = [prepare_rgb(a, **prep) for a in pred_list]
-    ref = [prepare_rgb(a, **prep) for a in ref_list]
-    if size:
-        pred, ref = [patches(p, size, stride) for p in pred], [patches(r, size, stride) for r in ref]
-    n, volumes = sum(len(r) for r in ref), np.ndim(ref_list[0]) == 4
-    source = ("one " if len(ref_list) == 1 else f"{len(ref_list)} ") + ("volume" if volumes else "image")
-    source += "" if len(ref_list) == 1 else "s"
-    what = f"patches of {size}x{size}" if size else ("slices" if volumes else "images")
-    entry = {"better": "lower", "backbone": backbone, "set": f"{n} {what} from {source}",
-             "bands": describe_bands(np.shape(ref_list[0])[0], prep["bands"])}
+    extractor, backbone, unavailable = _network("fid", fid_extractor, extractor, weights_dir, FID_BACKBONE)
+    pred, ref = _rgb_set(pred_list, settings), _rgb_set(ref_list, settings)
+    entry = {"better": "lower", "backbone": backbone, **_set_entry(ref_list, ref, settings)}
     if unavailable:
         return {"fid": {**entry, **unavailable}}
     return {"fid": {**entry, "value": fid(pred, ref, extractor), "status": "ok"}}
+
+
+def is_metric(pred_list, settings: dict, weights_dir=None, classifier=None, ref_list=None, batch: int = 32) -> dict:
+    """``{"is": entry}``: the Inception Score of a set of outputs (lists of ``(C, *spatial)``
+    arrays), made RGB and patched as for :func:`fid_metric` (same ``settings``).
+
+    ``classifier``: ``uint8 (N, 3, H, W) -> (N, classes)`` logits; by default :func:`is_classifier`
+    (the FID network). ``value`` and ``std`` are the mean and std over the splits; with
+    ``ref_list``, ``ref_value`` is the references' IS, the one number it is meaningful to compare
+    with (``better``: closer to it). Without weights: ``unavailable`` with the reason, never raised.
+    """
+    classifier, backbone, unavailable = _network("is", is_classifier, classifier, weights_dir, IS_BACKBONE)
+    pred = _rgb_set(pred_list, settings)
+    entry = {"better": "higher" if ref_list is None else "closer to ref_value", "backbone": backbone,
+             **_set_entry(pred_list, pred, settings), "note": IS_NOTE}
+    if unavailable:
+        return {"is": {**entry, **unavailable}}
+
+    def score(images) -> tuple[float, float, int]:
+        logits = _features(images, classifier, batch)
+        if len(logits) < 2:
+            raise HiresError(f"the Inception Score needs a set of at least 2 images, got {len(logits)}")
+        splits = min(IS_SPLITS, len(logits) // 2)
+        return (*inception_score(logits, splits), splits)
+
+    value, std, splits = score(pred)
+    entry.update(value=value, std=std, splits=splits)
+    if ref_list is not None:
+        entry["ref_value"] = score(_rgb_set(ref_list, settings))[0]
+    return {"is": {**entry, "status": "ok"}}

@@ -1,4 +1,4 @@
-"""Offline lookup of the third-party backbone weights that LPIPS and FID need.
+"""Offline lookup of the third-party backbone weights that LPIPS, FID and IS need.
 
 Nothing is ever downloaded. Each file is searched, in order, in the ``--weights-dir`` argument,
 ``$HIRES_WEIGHTS_DIR`` and the torch hub cache (``torch.hub.get_dir()/checkpoints``, which honours
@@ -25,15 +25,16 @@ ENV_VAR = "HIRES_WEIGHTS_DIR"
 # the packages it needs). LPIPS's linear heads ship inside torchmetrics
 # (functional/image/lpips_models/*.pth); its backbones come from torchvision's model zoo.
 _TORCHVISION = ("torchvision", "torchvision")
+_INCEPTION = ({"weights-inception-2015-12-05-6726825d.pth":  # torch-fidelity 0.4's URL_INCEPTION_V3
+               "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"},
+              (("torch_fidelity", "torch-fidelity"), _TORCHVISION))
 REQUIREMENTS = {
     "lpips-alex": ("LPIPS (alex)", {"alexnet-owt-7be5be79.pth": "https://download.pytorch.org/models/"},
                    (_TORCHVISION,)),
     "lpips-vgg": ("LPIPS (vgg)", {"vgg16-397923af.pth": "https://download.pytorch.org/models/"},
                   (_TORCHVISION,)),
-    "fid": ("FID (Inception-v3, 2048 features)",  # torch-fidelity 0.4's URL_INCEPTION_V3
-            {"weights-inception-2015-12-05-6726825d.pth":
-             "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"},
-            (("torch_fidelity", "torch-fidelity"), _TORCHVISION)),
+    "fid": ("FID (Inception-v3, 2048 features)", *_INCEPTION),
+    "is": ("IS (Inception-v3 class logits, the FID network)", *_INCEPTION),
 }
 
 
