@@ -2,10 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # dicom3tools: dciodvfy validates derived DICOM; xvfb + GL/xcb libraries: napari tests on a virtual screen;
-# chromium + chromium-driver: the `hires serve` page tested in a headless browser
+# chromium + chromium-driver: the `hires serve` page tested in a headless browser;
+# orthanc + dcmtk: a real PACS and storescu/echoscu as the scanner for `hires dicom-node`;
+# qgis + python3-qgis: the QGIS plugin run by qgis_process and PyQGIS (tests/test_qgis.py)
 APT_PACKAGES := dicom3tools xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
 	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
-	libxcb-cursor0 libdbus-1-3 libfontconfig1 chromium chromium-driver
+	libxcb-cursor0 libdbus-1-3 libfontconfig1 chromium chromium-driver orthanc dcmtk \
+	qgis python3-qgis
 
 .PHONY: setup sysdeps demo test test-slow bench clean
 

@@ -1,4 +1,4 @@
-"""`hires` command line: info, enhance, prepare, train, models, serve, demo. Errors are one line and exit non-zero."""
+"""`hires` command line: info, enhance, prepare, train, models, serve, dicom-node, qgis, demo. Errors are one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ PRECISION_OPTION = typer.Option("auto", help="auto, fp32, bf16 or fp16; auto = b
                                              "at it and the model was checked against fp32 on held-out data, else fp32")
 JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Dask worker processes on this machine (1: in-process, no Dask)")
 SCHEDULER_OPTION = typer.Option(None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+PROGRESS_OPTION = typer.Option("bar", "--progress", help="bar (on a terminal), or jsonl: one JSON object a line on "
+                                                         'stderr, {"done": n, "total": m, "unit": "tiles"}')
 
 
 def _line(msg: str) -> None:
@@ -58,7 +60,12 @@ def _progress_bar(quiet: bool, label: str, unit: str = "tiles"):
                     TimeRemainingColumn(), console=err, transient=True)
 
 
-def _run_with_progress(fn, quiet: bool, label: str, unit: str = "tiles"):
+def _run_with_progress(fn, quiet: bool, label: str, unit: str = "tiles", stream: str = "bar"):
+    if stream not in ("bar", "jsonl"):
+        raise HiresError(f"--progress must be bar or jsonl, not {stream!r}")
+    if stream == "jsonl":  # for programs running `hires` (the QGIS plugin): unaffected by --quiet
+        return fn(lambda done, total: print(json.dumps({"done": done, "total": total, "unit": unit}),
+                                            file=sys.stderr, flush=True))
     bar = _progress_bar(quiet, label, unit)
     if bar is None:
         return fn(None)
@@ -134,7 +141,8 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
                 None, help="self-sr: slice thickness (box width or Gaussian FWHM) in mm "
                            "[default: DICOM SliceThickness, else the slice spacing]"),
             jobs: int = JOBS_OPTION, scheduler: Optional[str] = SCHEDULER_OPTION,
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary")):
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+            progress: str = PROGRESS_OPTION):
     """Super-resolve one input into a new output (written atomically; the input is never changed).
     With --jobs N or --scheduler a raster is split into row bands run on Dask workers."""
     from .cluster import client_for
@@ -156,12 +164,12 @@ def enhance(src: Path = typer.Argument(..., help="input: DICOM directory/file, .
 
             s = _run_with_progress(lambda p: enhance_bands(src, dst, settings, client, overwrite=overwrite, cog=cog,
                                                            progress=p, series=series, uncertainty=uncertainty),
-                                   quiet, label, unit="bands")
+                                   quiet, label, unit="bands", stream=progress)
         else:
             s = _run_with_progress(
                 lambda p: enhance_file(src, dst, settings, series=series, overwrite=overwrite, cog=cog, progress=p,
                                        uncertainty=uncertainty, bands=_band_names(bands)),
-                quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps")
+                quiet, label, unit="tiles" if settings.sampling is None and z_scale == 1 else "steps", stream=progress)
     if s.clipped:
         _line(f"warning: {s.clipped} values clipped to the output data type's range")
     if not quiet:
@@ -429,6 +437,9 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on (othe
           max_upload: str = typer.Option("2GiB", help="largest request body (413 above)"),
           max_unzipped: Optional[str] = typer.Option(None, help="largest DICOM zip unpacked [default: 4 x --max-upload]"),
           allow_root: Optional[Path] = typer.Option(None, help="JSON 'source' paths must lie under this directory"),
+          allow_url_host: Optional[list[str]] = typer.Option(
+              None, metavar="HOST", help="a host whose http(s) URLs a JSON 'source_image' may name (repeat, or a comma list); "
+                         "none by default"),
           max_running: int = typer.Option(2, help="running tasks per token"),
           max_queued: int = typer.Option(100, help="queued + running tasks per token (429 above)"),
           device: str = typer.Option("auto", help=DEVICE_HELP)):
@@ -444,7 +455,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on (othe
 
     try:
         start(host, port, jobs, scheduler, data_dir, tokens, max_upload, max_unzipped, allow_root, max_running,
-              max_queued, device, _line)
+              max_queued, device, _line, allow_url_host or ())
     except _Stopped:  # uvicorn shut down cleanly, then passed the signal on
         _line("hires serve: stopped")
 
@@ -457,6 +468,15 @@ def demo(out_dir: Path = typer.Option(Path("hires-demo"), "--out", help="where o
     from .demo import run_demo
 
     run_demo(out_dir, device=device, quiet=quiet, console=out, runner=_run_with_progress)
+
+
+from .dicom_node.cli import app as _dicom_node_app  # noqa: E402 - typer only; pynetdicom loads when it runs
+
+app.add_typer(_dicom_node_app, name="dicom-node")
+
+from .qgis_plugin.cli import app as _qgis_app  # noqa: E402 - typer only
+
+app.add_typer(_qgis_app, name="qgis")
 
 
 @app.callback(invoke_without_command=True)

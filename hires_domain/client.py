@@ -5,10 +5,13 @@
     task = c.submit("scene.tif", model="s2-sr-x4")
     c.wait(task)
     c.download(task, "scene_x4.tif")
+    task = c.submit_image(open("ct.nii.gz", "rb").read(), model="ct-denoise", strength=0.5)  # JSON, base64
+    task = c.submit_image(url="https://pacs.example.org/ct.nii.gz", model="ct-sr-x2")  # fetched by the server
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -22,6 +25,9 @@ class ServerError(HiresError):
     def __init__(self, status: int, message: str):
         super().__init__(f"{status}: {message}")
         self.status = status
+
+
+ACTIVE = ("queued", "running", "processing")  # 'processing': the seed API's word for queued or running
 
 
 class Client:
@@ -51,7 +57,7 @@ class Client:
 
     def submit(self, path=None, *, source: str | None = None, **fields) -> str:
         """Queue ``path`` (uploaded) or ``source`` (a path under the server's --allow-root);
-        fields: model, scale_factor, tile, overlap, output_format, steps, seed, samples.
+        fields: model, scale_factor, strength, tile, overlap, output_format, steps, seed, samples.
         Returns the task id."""
         if (path is None) == (source is None):
             raise HiresError("give a file path to upload or a source path on the server, not both")
@@ -64,11 +70,27 @@ class Client:
                                    data={k: str(v) for k, v in fields.items()})
         return self._check(r).json()["task_id"]
 
+    def submit_image(self, image=None, *, url: str | None = None, **fields) -> str:
+        """Queue an image sent in the JSON body (the seed's form ``{"source_image": ...}``):
+        ``image`` as bytes or a file path (sent as base64; the body counts against the
+        server's --max-upload, so multipart ``submit`` suits large files better), or ``url``, an
+        http(s) URL that the server fetches (its host must be in the server's --allow-url-host).
+        Fields as ``submit``: model, scale_factor, strength, tile, overlap, output_format, steps,
+        seed, samples. Returns the task id."""
+        if (image is None) == (url is None):
+            raise HiresError("give the image (bytes or a file path) or a URL, not both")
+        if url is None:
+            data = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image).read_bytes()
+            url = base64.b64encode(data).decode("ascii")
+        body = {"source_image": url, **{k: v for k, v in fields.items() if v is not None}}
+        return self._check(self.http.post("/v1/images/upscale", json=body)).json()["task_id"]
+
     def status(self, task_id: str) -> dict:
         return self._check(self.http.get(f"/v1/tasks/{task_id}")).json()
 
     def wait(self, task_id: str, poll: float = 0.5, timeout: float | None = None) -> dict:
-        """Poll until the task is done (its status); failed or cancelled raise HiresError."""
+        """Poll until the task is done (its status); failed or cancelled raise HiresError. Queued,
+        running and 'processing' (the seed API's word for either) mean wait."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             s = self.status(task_id)
@@ -76,6 +98,8 @@ class Client:
                 return s
             if s["status"] in ("failed", "cancelled"):
                 raise HiresError(f"task {task_id} {s['status']}: {s['error'] or 'cancelled'}")
+            if s["status"] not in ACTIVE:
+                raise HiresError(f"task {task_id}: unknown status {s['status']!r}")
             if end is not None and time.monotonic() > end:
                 raise HiresError(f"task {task_id} still {s['status']} after {timeout:g} s")
             time.sleep(poll)

@@ -21,8 +21,10 @@ def require() -> None:
 
 
 def start(host: str, port: int, jobs: int, scheduler: str | None, data_dir, tokens_file, max_upload: str,
-          max_unzipped: str | None, allow_root, max_running: int, max_queued: int, device: str, say) -> None:
-    """``hires serve``: check the options, then run the API until stopped. ``say`` prints a line."""
+          max_unzipped: str | None, allow_root, max_running: int, max_queued: int, device: str, say,
+          allow_url_hosts=()) -> None:
+    """``hires serve``: check the options, then run the API until stopped. ``say`` prints a line.
+    ``allow_url_hosts``: the --allow-url-host values (host names, or comma lists of them)."""
     from pathlib import Path
 
     from .security import Limits, is_loopback, load_tokens, parse_size
@@ -39,6 +41,9 @@ def start(host: str, port: int, jobs: int, scheduler: str | None, data_dir, toke
                          "binds to localhost only")
     if allow_root is not None and not Path(allow_root).is_dir():
         raise HiresError(f"--allow-root {allow_root} is not a directory")
+    from .source_image import parse_hosts
+
+    url_hosts = parse_hosts(allow_url_hosts)
     upload = parse_size(max_upload)
     limits = Limits(max_upload=upload, max_unzipped=parse_size(max_unzipped) if max_unzipped else 4 * upload,
                     max_running=max_running, max_queued=max_queued)
@@ -55,4 +60,7 @@ def start(host: str, port: int, jobs: int, scheduler: str | None, data_dir, toke
     if tokens is None:
         say(f"no --tokens: bound to {host} only; every local user shares one task list")
     say(f"hires serve: http://{host}:{port}/ (API docs at /docs), {workers}, data in {data_dir}")
-    serve(Config(Path(data_dir), limits, tokens, Path(allow_root) if allow_root else None, pool), host, port)
+    if url_hosts:
+        say(f"source_image URLs may name: {', '.join(sorted(url_hosts))}")
+    serve(Config(Path(data_dir), limits, tokens, Path(allow_root) if allow_root else None, pool, url_hosts),
+          host, port)

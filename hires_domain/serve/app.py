@@ -10,22 +10,35 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
+from . import schema, source_image
 from ..errors import HiresError, one_line
 from .runner import remove_files, settings_for
-from .security import Limits, owner_of, under_root
+from .security import Limits, TooLarge, owner_of, under_root
 from .store import FINISHED, Store
 from .uploads import CHUNK, inspect_source, output_format, place_upload
 
 log = logging.getLogger("hires.serve")
 STATIC = Path(__file__).parent / "static"
 FIELDS = {"model": str, "scale_factor": int, "tile": int, "overlap": int, "output_format": str,
-          "steps": int, "seed": int, "samples": int}
+          "steps": int, "seed": int, "samples": int, "strength": float}
+JSON_ONLY = ("source", "source_image", "enhance_face")
+KINDS = {int: "an integer", float: "a number", str: "a string"}
+JSON_TYPES = {int: int, float: (int, float), str: str}
+NO_FACES = ("'enhance_face' is not supported: face restoration is for photographs of people, and this service "
+            "enhances CT/MR volumes (DICOM, NIfTI) and satellite rasters (GeoTIFF/COG, JPEG 2000, Sentinel-2); "
+            "send false or leave it out")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 MEDIA = {".tif": "image/tiff", ".gz": "application/gzip", ".zip": "application/zip"}
 
 
@@ -36,6 +49,7 @@ class Config:
     tokens: dict[str, str] | None = None  # sha256 → name; None: no tokens, local use only
     allow_root: Path | None = None
     pool: object | None = None  # has start() and stop(): the workers
+    allow_url_hosts: frozenset[str] = frozenset()  # hosts a JSON source_image URL may name
 
 
 class ApiError(Exception):
@@ -46,23 +60,23 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-class TooLarge(Exception):
-    pass
-
-
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+    """``{"error": message}`` on one line; text echoed from a request that is not valid Unicode
+    (lone surrogates in JSON strings) is escaped, not a 500."""
+    text = one_line(message).encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": text}, status_code=status, headers=headers)
 
 
 class BodyLimit:
-    """ASGI middleware: a request body above ``max_bytes`` gets 413, by its Content-Length before
-    anything is read, or (chunked uploads) as soon as the bytes received pass the limit."""
+    """ASGI middleware: a POST body above ``max_bytes`` gets 413, by its Content-Length before
+    anything is read, or (chunked uploads) as soon as the bytes received pass the limit. (No
+    other route reads a body.)"""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
@@ -87,25 +101,54 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _fields(raw: dict) -> dict:
-    """Typed request fields; unknown names and unreadable values are one-line errors."""
-    unknown = sorted(set(raw) - set(FIELDS) - {"source"})
+def _fields(raw: dict, json: bool) -> dict:
+    """Typed request fields; unknown names and unreadable values are one-line errors. Form
+    fields are text ("" means the default); JSON values must have their own JSON type."""
+    known = [*(JSON_ONLY if json else ()), *FIELDS]
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(['source', *FIELDS])}")
+        raise ApiError(400, f"unknown field(s) {', '.join(unknown)[:200]}; known: {', '.join(known)}")
     out = {}
     for name, kind in FIELDS.items():
-        value = raw.get(name)
-        if value is None or value == "":
+        if name not in raw or not json and raw[name] == "":
             continue
+        value = raw[name]
         try:
-            if kind is int and (isinstance(value, bool) or not isinstance(value, (int, str))):
+            if isinstance(value, bool) or not isinstance(value, JSON_TYPES[kind] if json else str):
                 raise ValueError
             out[name] = kind(value)
         except (TypeError, ValueError):
-            raise ApiError(400, f"field '{name}' must be {'an integer' if kind is int else 'a string'}, "
-                                f"got {str(value)[:40]!r}") from None
+            got = "null" if value is None else repr(value)[:40]
+            raise ApiError(400, f"field '{name}' must be {KINDS[kind]}, got {got}") from None
     out.setdefault("model", "bicubic")
     return out
+
+
+def _json_input(raw: dict) -> tuple[str, str]:
+    """The JSON form's input: ('source', path) or ('source_image', base64 or URL)."""
+    given = [k for k in ("source", "source_image") if k in raw]
+    if len(given) != 1:
+        raise ApiError(400, "a JSON request needs either 'source_image' (the file as base64, or an http(s) URL) "
+                            "or 'source' (a path under the server's --allow-root)"
+                       + (", not both" if given else ""))
+    name, value = given[0], raw[given[0]]
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"field '{name}' must be a non-empty string")
+    face = raw.get("enhance_face", False)
+    if not isinstance(face, bool):
+        raise ApiError(400, "field 'enhance_face' must be true or false (and only false is accepted)")
+    if face:
+        raise ApiError(400, NO_FACES)
+    return name, value
+
+
+def _allowed(app: FastAPI, scope: dict) -> list[str]:
+    """The methods of every route whose path matches the request's (for a 405's Allow)."""
+    methods = set()
+    for route in app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return [m for m in METHODS if m in methods]
 
 
 def _copy_upload(upload: UploadFile, dest: Path) -> None:
@@ -166,6 +209,33 @@ def create_app(config: Config) -> FastAPI:
                   description="Asynchronous super-resolution of DICOM/NIfTI volumes and satellite rasters.")
     app.add_middleware(BodyLimit, max_bytes=config.limits.max_upload)
 
+    def openapi():
+        if app.openapi_schema is None:
+            from ..models import available
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = schema.finish(doc, available(), config.tokens is not None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        """Starlette's own answers (unknown path, wrong method, unreadable form) as one-line errors;
+        a 405 names every method of the path in Allow (Starlette names only the first route's)."""
+        if exc.status_code == 405:
+            allowed = _allowed(app, request.scope)
+            return _error(405, f"{request.method[:20]} is not allowed here; use {', '.join(allowed)}",
+                          {"Allow": ", ".join(allowed)})
+        message = f"no such path {request.url.path[:100]}" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"{where}: {first.get('msg', 'invalid request')}")
+
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
         return _error(exc.status, exc.message, exc.headers)
@@ -191,8 +261,9 @@ def create_app(config: Config) -> FastAPI:
             raise ApiError(404, f"no task {task_id[:64]}")
         return task
 
-    def queue(who: str, params: dict, upload: UploadFile | None, source: str | None):
-        """Check a request, store its input and create the task (one thread hop per submit);
+    def queue(who: str, params: dict, upload: UploadFile | None, source: tuple[str, str] | None):
+        """Check a request, store its input (``upload``, or ``source``: ('source', path) or
+        ('source_image', base64 or URL)) and create the task (one thread hop per submit);
         returns (task id, input kind, params)."""
         settings = settings_for(params)  # unknown model, bad scale or options: 400 before any copying
         if store.count_active(who) >= config.limits.max_queued:
@@ -202,11 +273,14 @@ def create_app(config: Config) -> FastAPI:
         d = store.task_dir(task_id)
         d.mkdir(parents=True)
         try:
-            if upload is not None:
-                _copy_upload(upload, d / "upload")
+            if upload is not None or source[0] == "source_image":  # the same path for both
+                if upload is not None:
+                    _copy_upload(upload, d / "upload")
+                else:
+                    source_image.write(source[1], d / "upload", config.allow_url_hosts, config.limits.max_upload)
                 path, kind = place_upload(d / "upload", d, config.limits)
             else:
-                path, kind = inspect_source(under_root(source, config.allow_root), d, config.limits)
+                path, kind = inspect_source(under_root(source[1], config.allow_root), d, config.limits)
             params["output_format"] = output_format(kind, params.get("output_format"))
             params = _check_model(params, settings, kind, path)
         except BaseException:
@@ -219,13 +293,13 @@ def create_app(config: Config) -> FastAPI:
     def page():
         return HTMLResponse((STATIC / "index.html").read_text())
 
-    @app.get("/v1/health")
+    @app.get("/v1/health", responses={200: {"model": schema.Health}})
     async def health():
         return {"status": "ok", "tokens": config.tokens is not None}
 
     models_cache: list = []
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": schema.Models}})
     def models(who: str = Depends(owner)):
         """Every model: scales, default scale, bands, domains, family and its card."""
         if not models_cache:
@@ -238,20 +312,23 @@ def create_app(config: Config) -> FastAPI:
                                      "training": meta.get("training", {}), "input_domain": m.input_domain})
         return {"models": models_cache}
 
-    @app.post("/v1/images/upscale", status_code=202, openapi_extra={"requestBody": {"content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary"},
-            **{k: {"type": "integer" if t is int else "string"} for k, t in FIELDS.items()}}}},
-        "application/json": {"schema": {"type": "object", "required": ["source"], "properties": {
-            "source": {"type": "string"}, **{k: {"type": "integer" if t is int else "string"}
-                                            for k, t in FIELDS.items()}}}}}}})
+    @app.post("/v1/images/upscale", status_code=202, responses={
+        202: {"model": schema.Queued, "description": "queued; poll the task at Location",
+              "headers": {"Location": {"schema": {"type": "string"}, "required": True,
+                                       "description": "the task's status URL"}}},
+        **schema.errors(400, 413, 415, 429)}, openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/UpscaleForm"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/UpscaleJson"},
+                                 "examples": schema.JSON_EXAMPLES}}}})
     async def upscale(request: Request, who: str = Depends(owner)):
-        """Queue one input (a multipart ``file`` or a JSON ``source`` under --allow-root); 202 with
-        the task id. Fields: model, scale_factor, tile, overlap, output_format (cog, gtiff, nifti,
-        dicom-zip), and for diffusion models steps, seed, samples."""
+        """Queue one input; 202 with the task id. Either a multipart ``file``, or JSON with
+        ``source_image`` (the file as base64, or an http(s) URL on a host listed by
+        --allow-url-host; the seed's form) or ``source`` (a path under --allow-root). Fields:
+        model, scale_factor, tile, overlap, output_format (cog, gtiff, nifti, dicom-zip),
+        strength, and for diffusion models steps, seed, samples."""
         start = time.perf_counter()
         ctype = request.headers.get("content-type", "")
-        upload = None
+        upload = source = None
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=len(FIELDS) + 1)
             upload = form.get("file")
@@ -260,25 +337,27 @@ def create_app(config: Config) -> FastAPI:
             raw = {k: v for k, v in form.items() if k != "file"}
             if "source" in raw:
                 raise ApiError(400, "give either an uploaded 'file' or a JSON 'source', not both")
+            params = _fields(raw, json=False)
         elif ctype.startswith("application/json"):
             try:
                 raw = await request.json()
             except ValueError:
                 raise ApiError(400, "the body is not valid JSON") from None
-            if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
-                raise ApiError(400, "a JSON request needs a 'source' path (string)")
+            if not isinstance(raw, dict):
+                raise ApiError(400, "the JSON body must be an object")
+            params = _fields(raw, json=True)
+            source = _json_input(raw)
         else:
-            raise ApiError(415, "send multipart/form-data with a 'file' field, or JSON with a 'source' path")
-        params = _fields(raw)
+            raise ApiError(415, "send multipart/form-data with a 'file' field, or JSON with 'source_image' or 'source'")
         received = time.perf_counter()  # the body is in (read from the client and parsed)
-        task_id, kind, params = await run_in_threadpool(queue, who, params, upload, raw.get("source"))
+        task_id, kind, params = await run_in_threadpool(queue, who, params, upload, source)
         log.info("task %s queued (owner %s, %s input, model %s)", task_id, who, kind, params["model"])
         now = time.perf_counter()
         timing = f"receive;dur={(received - start) * 1000:.1f}, queue;dur={(now - received) * 1000:.1f}"
         return JSONResponse({"task_id": task_id, "status": "queued"}, status_code=202,
                             headers={"Location": f"/v1/tasks/{task_id}", "Server-Timing": timing})
 
-    @app.get("/v1/tasks/{task_id}")
+    @app.get("/v1/tasks/{task_id}", responses={200: {"model": schema.TaskStatus}, **schema.errors(404)})
     async def task_status(task_id: str, who: str = Depends(owner)):  # async: polled often, a sub-ms read
         """Status, progress (tiles or diffusion steps done / total), timings, error, warning, links."""
         t = own_task(task_id, who)
@@ -313,27 +392,31 @@ def create_app(config: Config) -> FastAPI:
         path = store.task_dir(task_id) / name
         return FileResponse(path, filename=f"{task_id}-{name}", media_type=MEDIA.get(path.suffix))
 
-    @app.get("/v1/tasks/{task_id}/result")
+    @app.get("/v1/tasks/{task_id}/result", responses={**schema.files(
+        *MEDIA.values(), description="the result: GeoTIFF/COG, NIfTI (gzip) or a zip of a DICOM series"),
+        **schema.errors(404, 409)})
     def result(task_id: str, who: str = Depends(owner)):
         """The output file (a zip of the derived series for dicom-zip), once the task is done."""
         return _file(task_id, who, "result")
 
-    @app.get("/v1/tasks/{task_id}/uncertainty")
+    @app.get("/v1/tasks/{task_id}/uncertainty", responses={**schema.files(
+        *MEDIA.values(), description="the per-pixel standard deviation, in the result's format"),
+        **schema.errors(404, 409)})
     def uncertainty(task_id: str, who: str = Depends(owner)):
         """The per-pixel standard deviation over the samples (diffusion models, samples > 1)."""
         return _file(task_id, who, "uncertainty")
 
-    @app.get("/v1/tasks/{task_id}/preview/{which}")
-    def preview(task_id: str, which: str, who: str = Depends(owner)):
-        """PNG previews of one centre crop: input, result, uncertainty."""
+    @app.get("/v1/tasks/{task_id}/preview/{which}", responses={
+        **schema.files("image/png", description="a PNG preview"), **schema.errors(400, 404)})
+    def preview(task_id: str, which: Literal["input", "result", "uncertainty"], who: str = Depends(owner)):
+        """PNG previews of one centre crop: input, result, uncertainty (none once cancelled)."""
         t = own_task(task_id, who)
         path = store.task_dir(task_id) / f"{which}.png"
-        if which not in ("input", "result", "uncertainty") or not path.exists() or (
-                which != "input" and t["status"] != "done"):
-            raise ApiError(404, f"no {which[:20]} preview for task {task_id}")
+        if not path.exists() or t["status"] == "cancelled" or which != "input" and t["status"] != "done":
+            raise ApiError(404, f"no {which} preview for task {task_id}")
         return FileResponse(path, media_type="image/png")
 
-    @app.delete("/v1/tasks/{task_id}")
+    @app.delete("/v1/tasks/{task_id}", responses={200: {"model": schema.Cancelled}, **schema.errors(404)})
     def cancel(task_id: str, who: str = Depends(owner)):
         """Cancel a queued or running task (a running one stops within one tile) and delete its
         files; a finished task is deleted with its files."""

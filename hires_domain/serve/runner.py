@@ -30,12 +30,13 @@ class Stopped(BaseException):
 
 
 def settings_for(params: dict, device: str = "auto"):
-    """The pipeline Settings of a task's parameters (validates model, scale and diffusion options)."""
+    """The pipeline Settings of a task's parameters (validates model, scale, strength and diffusion
+    options)."""
     from ..pipeline import Settings
 
-    diffusion = {k: params[k] for k in ("steps", "seed", "samples") if params.get(k) is not None}
+    given = {k: params[k] for k in ("steps", "seed", "samples", "strength") if params.get(k) is not None}
     return Settings(params["model"], params.get("scale_factor"), params.get("tile"), params.get("overlap"),
-                    device=device, **diffusion)  # tile/overlap None: automatic, as in the CLI
+                    device=device, **given)  # tile/overlap None: automatic, as in the CLI
 
 
 def wants_uncertainty(settings) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ LOCAL_OWNER = "local"  # the owner of every task when the server runs without --
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "t": 10**12, "tb": 10**12}
+
+
+class TooLarge(Exception):
+    """A request body, or an image fetched for one, above ``Limits.max_upload`` (413)."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +111,17 @@ def under_root(source: str, root: Path | None) -> Path:
     if root is None:
         raise HiresError("'source' paths are disabled on this server (start it with --allow-root DIR)")
     root = Path(root).resolve()
-    path = (root / source).resolve()
+    try:
+        os.fsencode(source)  # lone surrogates: not a file name
+        if "\0" in source:
+            raise ValueError
+        path = (root / source).resolve()
+        exists = path.exists()
+    except (ValueError, OSError):  # ValueError: NUL or unencodable; OSError: a name too long
+        raise HiresError(f"source {source[:100]!r} is not a usable path") from None
     if not path.is_relative_to(root):
         raise HiresError(f"source '{source}' is outside the allowed root")
-    if not path.exists():
+    if not exists:
         raise HiresError(f"source '{source}' does not exist under the allowed root")
     if path.is_dir() and any(not p.resolve().is_relative_to(root) for p in path.rglob("*") if p.is_symlink()):
         raise HiresError(f"source '{source}' links to files outside the allowed root")
