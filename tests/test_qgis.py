@@ -221,7 +221,11 @@ def qgis(tmp_path_factory):
              "run": _qgis_process(env, "run", "hires:enhance", "--", f"INPUT={lr}", "MODEL=bicubic", "SCALE=4",
                                   f"OUTPUT={tmp / 'qp_x4.tif'}"),
              "run_bands": _qgis_process(env, "run", "hires:enhance", "--", f"INPUT={one_band}", "MODEL=s2-sr-x4",
-                                        f"OUTPUT={tmp / 'qp_bands.tif'}")}
+                                        f"OUTPUT={tmp / 'qp_bands.tif'}"),
+             "small": (small := _crop(heldout, tmp / "small.tif", 24)),
+             "run_ldm": _qgis_process(env, "run", "hires:enhance", "--", f"INPUT={small}", "MODEL=s2-ldm-x4",
+                                      "SAMPLES=2", "STEPS=4", "SEED=3", "STRENGTH=0.5",
+                                      f"OUTPUT={tmp / 'qp_ldm.tif'}", f"UNCERTAINTY={tmp / 'qp_unc.tif'}")}
     spec = {
         "progress": {"INPUT": str(heldout), "MODEL": "bicubic", "SCALE": 2, "TILE": 64,
                      "OUTPUT": str(tmp / "progress.tif")},
@@ -267,6 +271,23 @@ def test_qgis_process_enables_lists_and_runs(qgis, tmp_path):
     code, text = qgis["run_bands"]
     assert code != 0 and "model 's2-sr-x4' takes 4 band(s), the input has 1" in text, text
     assert "Traceback" not in text and _no_output(qgis["tmp"] / "qp_bands.tif")
+
+
+def test_diffusion_options_and_uncertainty_output(qgis, tmp_path, capsys):
+    """Samples, steps, seed, repaint strength and the optional UNCERTAINTY output reach `hires enhance`:
+    both files equal the CLI's."""
+    code, text = qgis["run_ldm"]
+    assert code == 0, text
+    mean, unc = tmp_path / "mean.tif", tmp_path / "unc.tif"
+    code, _, err = hires(capsys, "enhance", qgis["small"], mean, "--model", "s2-ldm-x4", "--samples", "2",
+                         "--steps", "4", "--seed", "3", "--strength", "0.5", "--uncertainty", unc, "-q")
+    assert code == 0, err
+    for got, want in ((qgis["tmp"] / "qp_ldm.tif", mean), (qgis["tmp"] / "qp_unc.tif", unc)):
+        with rasterio.open(got) as g, rasterio.open(want) as w:
+            assert g.transform == w.transform and g.crs == w.crs
+            np.testing.assert_array_equal(g.read(), w.read())
+    with rasterio.open(unc) as f:
+        assert f.read().max() > 0  # two samples differ: a real spread
 
 
 def test_progress_and_true_colour_style(qgis):

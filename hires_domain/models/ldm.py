@@ -29,6 +29,7 @@ import torch
 
 from ..errors import HiresError
 from ..intensity import Normaliser
+from ..precision import autocast
 from .generators import _base, build_generator
 from .ldm_nets import build_codec, build_denoiser
 from .ldm_sampling import SAMPLERS, denoise_jointly, make_scheduler, noise_field, project_consistent
@@ -87,12 +88,12 @@ def scale_map(mean: torch.Tensor, scale: int, floor: float | None) -> torch.Tens
 
 
 class DiffusionModel(NeuralModel):
-    """An LR-conditioned latent diffusion model loaded from its JSON and safetensors. It runs in
-    fp32 (no reduced-precision check yet), and its outer tiles are blended (noise and joint
-    denoising make a tile's samples depend on its extent)."""
+    """An LR-conditioned latent diffusion model loaded from its JSON and safetensors. Its first
+    stage and denoiser run under ``self.precision``'s autocast (the latent, the solver and the
+    codec stay fp32); its outer tiles are blended (noise and joint denoising make a tile's
+    samples depend on its extent)."""
 
     exact_tiles = False
-    reduced_precision = False
 
     def __init__(self, json_path, meta: dict | None = None):
         super().__init__(json_path, meta)
@@ -169,7 +170,8 @@ class DiffusionModel(NeuralModel):
         ph, pw = -h % m, -w % m
         lr = self.normaliser.forward(x)
         lr_pad = torch.nn.functional.pad(lr, (0, pw, 0, ph), mode="replicate") if ph or pw else lr
-        mean = self.first_stage(lr_pad)
+        with autocast(self.precision, x.device):
+            mean = self.first_stage(lr_pad).float()
         z_mean = codec.encode(mean)
         cond = torch.cat([lr_pad, z_mean], 1)
         level = float(self.defaults.get("level", 0.0) if smp.level is None else smp.level)
@@ -184,9 +186,10 @@ class DiffusionModel(NeuralModel):
             x0 = noise * tau
             x0 = x0 * scheduler.init_noise_sigma if start == 0 else scheduler.add_noise(
                 torch.zeros_like(x0), x0, scheduler.timesteps[start:start + 1])  # r = 0 (the first stage), noised
-            r = denoise_jointly(denoiser, x0, cond, scheduler, level, int(self.defaults.get("tile", 256)),
-                                int(self.defaults.get("overlap", 32)), int(self.defaults.get("halo", 16)),
-                                self.on_step, start=start)
+            with autocast(self.precision, x.device):
+                r = denoise_jointly(denoiser, x0, cond, scheduler, level, int(self.defaults.get("tile", 256)),
+                                    int(self.defaults.get("overlap", 32)), int(self.defaults.get("halo", 16)),
+                                    self.on_step, start=start)
             smap = scale_map(mean, s, d.get("scale_map_floor"))
             y = codec.decode(z_mean + float(d["latent_scale"]) * smap * r)[..., :h * s, :w * s]
         if self.enforce:

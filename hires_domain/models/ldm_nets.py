@@ -39,13 +39,14 @@ class PixelGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
+        dtype, x = x.dtype, x.float()  # statistics in fp32 under a bf16/fp16 autocast
         g = x.reshape(b, self.groups, c // self.groups, *x.shape[2:])
         g = (g - g.mean(2, keepdim=True)) * torch.rsqrt(g.var(2, keepdim=True, unbiased=False) + self.eps)
         x = g.reshape(x.shape)
         if self.weight is not None:
             shape = (1, c) + (1,) * (x.ndim - 2)
             x = x * self.weight.view(shape) + self.bias.view(shape)
-        return x
+        return x.to(dtype)
 
 
 def make_local(module: nn.Module) -> nn.Module:

@@ -78,7 +78,7 @@ def denoise_jointly(net, x: torch.Tensor, cond: torch.Tensor, scheduler, level: 
     steps = len(timesteps)
     for i, t in enumerate(timesteps):
         if len(tiles) == 1:
-            pred = net(x, t, cond, level)
+            pred = net(x, t, cond, level).float()  # fp32 whatever the autocast: the solver steps in fp32
         else:
             pred = torch.zeros_like(x)
             for tl in tiles:
@@ -86,7 +86,7 @@ def denoise_jointly(net, x: torch.Tensor, cond: torch.Tensor, scheduler, level: 
                 out = net(x[(..., *read)], t, cond[(..., *read)], level)
                 core, local = plan.core_regions(tl)
                 w = torch.from_numpy(plan.tile_weights(tl)).to(x.device, x.dtype)
-                pred[(..., *core)] += w * out[(..., *local)]
+                pred[(..., *core)] += w * out[(..., *local)].float()
             pred = pred / total
         x = scheduler.step(pred, t, x).prev_sample
         if on_step is not None:

@@ -229,9 +229,9 @@ def test_selected_band_layers_save_as_one_multiband_geotiff(viewer, s2_path, tmp
     viewer.layers.save(str(sub), selected=True, plugin=PLUGIN)
     with rasterio.open(sub) as dst:
         assert dst.descriptions == ("B02", "B03", "B04")
-    viewer.layers.selection = {added[0]}
-    cog = tmp_path / "scene.cog.tif"
-    assert viewer.layers.save(str(cog), selected=True) == [str(cog)]
+    viewer.layers.selection = {added[0]}  # one RGB layer: napari's own TIFF writer takes it too, so
+    cog = tmp_path / "scene.cog.tif"  # which one napari tries first depends on discovery order: name ours
+    assert viewer.layers.save(str(cog), selected=True, plugin=PLUGIN) == [str(cog)]
     with rasterio.open(cog) as dst:
         assert dst.count == 4 and dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert dst.descriptions == BANDS
