@@ -45,6 +45,17 @@ def test_zero_is_the_first_stage_and_one_the_full_sampling(crop):
     assert 0 < distances[0] < distances[1] < distances[2], distances  # further from the first stage
 
 
+def test_zero_is_the_first_stage_for_ct_too():
+    """ct-ldm-x2 enforces consistency on its samples; at strength 0 there is no sample: the
+    output is its embedded ct-sr-x2, as that model gives it (fp32)."""
+    ct = io.read(SAMPLES / "ct_head.nii.gz")
+    crop = ct.with_data(np.ascontiguousarray(ct.array()[:, 14:15, 40:88, 40:88]))
+    crop.affine = geometry.cropped_affine(ct.affine, (14, 40, 40))
+    first = hd.enhance(crop, "ct-sr-x2", device="cpu", precision="fp32").array()
+    zero = hd.enhance(crop, "ct-ldm-x2", device="cpu", strength=0.0).array()
+    assert np.abs(zero.astype(np.float64) - first).max() <= 0.01
+
+
 def test_fewer_steps_run_below_one(crop, monkeypatch):
     seen = []
     real = ldm.denoise_jointly

@@ -180,7 +180,7 @@ class DiffusionModel(NeuralModel):
         scheduler = make_scheduler(d["scheduler"], smp.sampler, smp.steps)
         tau = float(self.defaults.get("temperature", 1.0) if smp.temperature is None else smp.temperature)
         start = steps_skipped(smp.steps, smp.strength)
-        if start == smp.steps:  # strength 0: the first stage itself, not its trip through the codec
+        if start == smp.steps:  # strength 0: the first stage itself (no codec trip, no sample to project)
             y = mean.expand(smp.samples, -1, -1, -1)[..., :h * s, :w * s]
         else:
             x0 = noise * tau
@@ -192,7 +192,7 @@ class DiffusionModel(NeuralModel):
                                     self.on_step, start=start)
             smap = scale_map(mean, s, d.get("scale_map_floor"))
             y = codec.decode(z_mean + float(d["latent_scale"]) * smap * r)[..., :h * s, :w * s]
-        if self.enforce:
+        if self.enforce and start < smp.steps:
             y = project_consistent(y, lr, s)
         y = self.normaliser.inverse(y)
         out = y[:1] if smp.sample_output else y.mean(0, keepdim=True)
