@@ -45,6 +45,17 @@ def test_zero_is_the_first_stage_and_one_the_full_sampling(crop):
     assert 0 < distances[0] < distances[1] < distances[2], distances  # further from the first stage
 
 
+@pytest.mark.parametrize("tile,overlap", [(None, None), (32, 8), (40, 12)])
+def test_zero_is_the_first_stage_at_odd_sizes_and_any_tiling(tile, overlap):
+    """97 × 81 (odd to the latent grid): the first stage runs on each tile as given, so its padding
+    never differs from s2-sr-x4's own."""
+    image = io.read(SAMPLES / "s2_crop.tif")
+    odd = image.with_data(np.ascontiguousarray(image.array()[:, 10:107, 20:101]))
+    first = hd.enhance(odd, "s2-sr-x4", device="cpu", precision="fp32").array().astype(np.float64)
+    zero = hd.enhance(odd, MODEL, device="cpu", strength=0.0, tile=tile, overlap=overlap).array()
+    assert np.abs(zero - first).max() <= 0.01
+
+
 def test_zero_is_the_first_stage_for_ct_too():
     """ct-ldm-x2 enforces consistency on its samples; at strength 0 there is no sample: the
     output is its embedded ct-sr-x2, as that model gives it (fp32)."""

@@ -169,9 +169,10 @@ class DiffusionModel(NeuralModel):
         h, w = x.shape[-2:]
         ph, pw = -h % m, -w % m
         lr = self.normaliser.forward(x)
-        lr_pad = torch.nn.functional.pad(lr, (0, pw, 0, ph), mode="replicate") if ph or pw else lr
-        with autocast(self.precision, x.device):
-            mean = self.first_stage(lr_pad).float()
+        pad = lambda a, k: torch.nn.functional.pad(a, (0, pw * k, 0, ph * k), mode="replicate") if ph or pw else a  # noqa: E731
+        lr_pad = pad(lr, 1)
+        with autocast(self.precision, x.device):  # on the tile as given: the first stage's own output
+            mean = pad(self.first_stage(lr).float(), s)
         z_mean = codec.encode(mean)
         cond = torch.cat([lr_pad, z_mean], 1)
         level = float(self.defaults.get("level", 0.0) if smp.level is None else smp.level)
