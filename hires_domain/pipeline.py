@@ -230,7 +230,8 @@ def check_strength(strength, model: str, scale: int) -> float:
     except (TypeError, ValueError):
         raise HiresError(f"strength must be a number from 0 to 1, got {strength!r}") from None
     if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise HiresError(f"strength must be from 0 to 1 (0: the input unchanged, 1: the model's output), got {value:g}")
+        raise HiresError(f"strength must be from 0 to 1 (0: the deterministic answer, the input for x1 "
+                         f"models and the first stage for diffusion models; 1: the model's output), got {value:g}")
     if value != 1.0 and scale != 1 and not is_diffusion(get_model(model)):
         raise HiresError(f"strength applies to x1 (denoising) models such as ct-denoise and to diffusion "
                          f"models; {model} runs at x{scale}")

@@ -22,8 +22,9 @@ COMMON = {
     "seed": {"type": "integer", "minimum": 0, "description": "diffusion models only"},
     "samples": {"type": "integer", "minimum": 1, "description": "diffusion models only"},
     "strength": {"type": "number", "minimum": 0, "maximum": 1,
-                 "description": "0: the input unchanged, 1 (default): the model's output; "
-                                "the pipeline decides which models take values below 1"},
+                 "description": "0: the deterministic answer (x1 models: the input unchanged; diffusion "
+                                "models: their first stage), 1 (default): the model's output; x1 and "
+                                "diffusion models take values below 1"},
 }
 JSON_BODY = {
     "type": "object", "additionalProperties": False,
