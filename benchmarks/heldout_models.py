@@ -92,6 +92,11 @@ def _blocks(a: np.ndarray, b: int = 16) -> np.ndarray:
     return np.nanmean(a, axis=(0, 2, 4)).ravel()
 
 
+def _at(strength: float) -> str:
+    """A row label's strength suffix: nothing at the default strength 1."""
+    return "" if strength == 1 else f", strength {strength:g}"
+
+
 def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limit: int | None,
                    every: int = 1, strengths: tuple[float, ...] = (1.0,)) -> dict:
     """A diffusion model's sample mean (``samples`` draws) and one sample against bicubic and
@@ -122,7 +127,7 @@ def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limi
             lr = as_image(lr_arr, manifest, coarser=scale)
             preds = {m: hd.enhance(lr, model=m, scale=scale, device="cpu") for m in ("bicubic", first) if m}
             for strength in strengths:
-                at = "" if strength == 1 else f", strength {strength:g}"
+                at = _at(strength)
                 mean, std = hd.enhance(lr, model=model, device="cpu", samples=samples, uncertainty=True,
                                        strength=strength)
                 preds[f"{model} mean of {samples}{at}"] = mean
@@ -151,7 +156,7 @@ def diffusion_rows(dataset: Path, manifest: dict, model: str, samples: int, limi
     for (how, strength), (u, e) in pairs.items():
         u, e = np.concatenate(u), np.concatenate(e)
         ok = np.isfinite(u) & np.isfinite(e)
-        at = "" if strength == 1 else f", strength {strength:g}"
+        at = _at(strength)
         rows[f"{how} | uncertainty vs error (16x16 blocks, Spearman){at} | default"] = {
             "spearman": float(spearmanr(u[ok], e[ok]).statistic) if u[ok].std() > 0 else float("nan"),
             "blocks": int(ok.sum())}
@@ -231,8 +236,7 @@ def main() -> int:
         strengths = tuple(float(v) for v in args.strengths.split(","))
         rows = diffusion_rows(args.dataset, manifest, args.model, args.samples, args.limit, args.every, strengths)
         for strength in strengths:
-            at = "" if strength == 1 else f", strength {strength:g}"
-            rows[f"timing | 256x256 LR, 1 sample, default steps{at} | -"] = seconds_256(args.model, manifest, strength)
+            rows[f"timing | 256x256 LR, 1 sample, default steps{_at(strength)} | -"] = seconds_256(args.model, manifest, strength)
     else:
         rows = (denoise_rows if manifest["domain"] == "low-dose-ct" else sr_rows)(args.dataset, manifest, args.model)
     names = sorted({n for v in rows.values() for n in v})

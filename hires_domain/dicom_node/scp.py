@@ -20,7 +20,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from ..errors import one_line
-from ..io.dicom import _convert_all
+from ..io.dicom import convert_header
 from .config import NodeConfig
 from .queue import Queue
 from .tls import server_context
@@ -44,7 +44,7 @@ def inspect(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt bytes
         raise Refused(f"not a readable DICOM dataset ({type(exc).__name__})") from None
     try:
-        _convert_all(ds)
+        convert_header(ds)
     except Exception as exc:  # noqa: BLE001 - the library's message may quote a value: type only
         raise Refused(f"corrupt header ({type(exc).__name__})") from None
     found = {}

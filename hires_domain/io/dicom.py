@@ -284,8 +284,8 @@ def _read_header(f: Path) -> Dataset:
     that a corrupt header fails here, naming the file, rather than later while enhancing or writing."""
     try:
         ds = pydicom.dcmread(f, defer_size="4 KB", force=True)
-        _convert_all(ds.file_meta)
-        _convert_all(ds)
+        convert_header(ds.file_meta)
+        convert_header(ds)
     except (InvalidDicomError, OSError, EOFError, struct.error) as exc:
         why = "header ends mid-element" if isinstance(exc, struct.error) else type(exc).__name__
         raise HiresError(f"cannot read {f}: truncated or corrupt DICOM file ({why})") from None
@@ -296,7 +296,7 @@ def _read_header(f: Path) -> Dataset:
     return ds
 
 
-def _convert_all(ds: Dataset) -> None:
+def convert_header(ds: Dataset) -> None:
     """Convert every raw element (recursively into sequences) except the pixel data and private
     elements (never used or written back: a vendor's odd private value must not refuse a scan)."""
     for tag in list(ds.keys()):
@@ -305,7 +305,7 @@ def _convert_all(ds: Dataset) -> None:
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value or []:
-                _convert_all(item)
+                convert_header(item)
 
 
 def _first_line(exc: BaseException) -> str:
