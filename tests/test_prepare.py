@@ -327,8 +327,64 @@ def test_low_dose_recipe_takes_mapped_phantom_sources(tmp_path):
     assert out["valid"].all() and 5.0 < np.std(out["lr"] - out["hr"]) < 1000.0  # 90 views: streaks too
 
 
+def test_low_dose_source_acquisitions_override_per_slice(tmp_path):
+    recipe = {"name": "t", "domain": "low-dose-ct",
+              "degradation": {"photons": [2.5e4, 2.5e4], "n_angles": [90], "per_slice": 4,
+                              "val_protocols": [{"name": "a", "photons": 2.5e4, "n_angles": 90}]},
+              "sources": [{"path": str(DICOM / "bad_sequence.dcm"), "to_range": [-1000.0, 1000.0],
+                           "acquisitions": 2},
+                          {"path": str(DICOM / "explicit_VR-UN.dcm")},
+                          {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}]}
+    items = prep.plan(load_recipe(write(tmp_path, recipe)))
+    per_source = {}
+    for it in items:
+        if it.split == "train":
+            per_source[it.id.split("-", 1)[0]] = per_source.get(it.id.split("-", 1)[0], 0) + 1
+    assert per_source == {"0": 2, "1": 4}
+    assert sum(it.split == "val" for it in items) == 1
+    with pytest.raises(HiresError, match="acquisitions"):
+        load_recipe(write(tmp_path, {**recipe, "sources": [{**recipe["sources"][0], "acquisitions": 0},
+                                                           recipe["sources"][2]]}))
+
+
+def test_texture_phantoms_are_body_sized_ct_slices(tmp_path):
+    """datasets/ct_texture_phantoms.py: HU slices with air around an elliptic body, soft tissue, fat,
+    bone; a real pixel size; the same seed gives the same files."""
+    import subprocess
+    import sys
+
+    script = ROOT / "datasets" / "ct_texture_phantoms.py"
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, str(script), str(tmp_path / out), "--count", "3", "--size", "96"],
+                       check=True, capture_output=True)
+    files = sorted((tmp_path / "a").glob("phantom-*.nii.gz"))
+    assert [f.name for f in files] == [f"phantom-{k:03d}.nii.gz" for k in range(3)]
+    assert not list((tmp_path / "a").glob(".*"))  # no temporary left
+    for f in files:
+        img = nibabel.load(f)
+        hu = img.get_fdata()[:, :, 0]
+        assert hu.shape == (96, 96) and 0.7 <= img.header.get_zooms()[0] <= 1.4
+        assert (hu[0] == -1000).all() and (hu[:, -1] == -1000).all()  # air around the body
+        body = hu > -990
+        assert 0.2 < body.mean() < 0.75
+        tissue = hu[body]
+        assert ((tissue > -150) & (tissue < -60)).mean() > 0.03  # a fat rim at least
+        assert ((tissue > -60) & (tissue < 150)).mean() > 0.3 and np.std(tissue[(tissue > -60) & (tissue < 150)]) > 2
+        assert np.array_equal(hu, nibabel.load(tmp_path / "b" / f.name).get_fdata()[:, :, 0])
+    recipe = load_recipe(write(tmp_path, {
+        "name": "t", "domain": "low-dose-ct",
+        "degradation": {"photons": [2.5e4, 2.5e4], "n_angles": [90], "per_slice": 1,
+                        "val_protocols": [{"name": "a", "photons": 2.5e4, "n_angles": 90}]},
+        "sources": [{"path": str(tmp_path / "a"), "units": "HU", "acquisitions": 1},
+                    {"package": "pydicom", "file": "CT_small.dcm", "split": "val"}]}))
+    train = [it for it in prep.plan(recipe) if it.split == "train"]
+    assert len(train) == 3
+    out = prep.process(train[0], recipe)
+    assert out["hr"].shape == (1, 96, 96) and 3.0 < np.std((out["lr"] - out["hr"])[0]) < 500.0
+
+
 def test_committed_recipes_never_train_on_reserved_slices():
-    for name in ("ct-sr-x2", "ct-denoise"):
+    for name in ("ct-sr-x2", "ct-denoise", "ct-denoise-texture"):
         recipe = parse_recipe(ROOT / "datasets" / f"{name}.yaml")
         labels = {s.label: s.split for s in recipe.sources}
         reserved = {k: v for k, v in labels.items() if any(r in k for r in RESERVED)}

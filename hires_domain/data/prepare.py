@@ -301,12 +301,12 @@ def _plan_medical(recipe: MedicalRecipe | DoseRecipe) -> list[Item]:
             for z in range(n):
                 split = src.split if src.split != "blocks" else _block_split(z, n, recipe.split)
                 if split is not None:
-                    items += _slice_items(recipe, src.label, inp, f"{stem}-z{z}", z, split, base)
+                    items += _slice_items(recipe, src, inp, f"{stem}-z{z}", z, split, base)
     return items
 
 
-def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
-    d = recipe.degradation
+def _slice_items(recipe, src, inp, prefix, z, split, base) -> list[Item]:
+    d, label = recipe.degradation, src.label
     if isinstance(recipe, MedicalRecipe):
         out = []
         for iid in _variant_ids(prefix, split, d.variants):
@@ -322,7 +322,7 @@ def _slice_items(recipe, label, inp, prefix, z, split, base) -> list[Item]:
     if split == "val":
         protocols = [(p.name, p.model_dump(exclude={"name"})) for p in d.val_protocols]
     else:  # training: one protocol per acquisition, drawn from the item's seed
-        protocols = [(f"t{k}", None) for k in range(d.per_slice)]
+        protocols = [(f"t{k}", None) for k in range(src.acquisitions or d.per_slice)]
     for tag, proto in protocols:
         iid = f"{prefix}-{tag}"
         seed = item_seed(recipe.seed, iid)

@@ -37,6 +37,7 @@ class Source(_Model):
     ``split`` puts the whole source in one split ('blocks': by slice block, see ``Split``).
     ``units: HU`` declares values as HU when the file does not say so; ``to_range`` maps a
     non-HU source's 0.5-99.5 percentiles linearly onto ``[lo, hi]`` (texture sources for CT).
+    ``acquisitions`` (low-dose CT) replaces ``degradation.per_slice`` for this source's slices.
     """
 
     path: Optional[str] = None
@@ -46,6 +47,7 @@ class Source(_Model):
     series: Optional[str] = None
     units: Optional[Literal["HU"]] = None
     to_range: Optional[tuple[float, float]] = None
+    acquisitions: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_kind(self):

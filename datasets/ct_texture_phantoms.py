@@ -1,0 +1,122 @@
+"""Texture phantoms for the blind CT denoiser (stage 5 of ct-denoise).
+
+    python datasets/ct_texture_phantoms.py data/ct-phantoms [--count 32] [--size 256] [--seed 0]
+
+Four real training slices teach four anatomies: the network learns their content as well as the
+noise, and erases texture it has never seen (CT_small's muscle and trabecular bone). Each phantom
+here is a body-sized slice in HU (an elliptic body with a fat rim, soft tissue, bone and air/lung
+pockets) whose texture comes from real images of other kinds, so that the simulated scanner
+(``hires prepare``) shows the network many more textures next to the same FBP noise:
+
+- scikit-image's bundled images (camera, brick, grass, gravel, moon, coins, text, page,
+  astronaut, coffee, chelsea, rocket, hubble_deep_field, retina, immunohistochemistry, cell:
+  public domain / CC0 / CC-BY, see ``skimage/data/README.txt``);
+- pydicom-data's real radiographs (RG1, RG3: trabecular bone), ultrasound (US1: speckle) and MR
+  (MR2, emri_small) images, and pydicom's ``MR_small.dcm``.
+
+The reserved CT slices (CT_small, 693_UNCI, eCT_Supplemental) are never used. One NIfTI file per
+phantom (values in HU, its own pixel size in the header); same seed, same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+SKIMAGE = ["camera", "brick", "grass", "gravel", "moon", "coins", "text", "page", "astronaut", "coffee",
+           "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "cell"]
+DICOM = [("data_store", "data/RG1_UNCI.dcm"), ("data_store", "data/RG3_UNCI.dcm"),
+         ("data_store", "data/US1_UNCI.dcm"), ("data_store", "data/MR2_UNCI.dcm"),
+         ("data_store", "data/emri_small.dcm"), ("pydicom", "data/test_files/MR_small.dcm")]
+
+
+def textures() -> list[np.ndarray]:
+    """Every texture source as a 2-D float image."""
+    import pydicom
+    import skimage.data
+    from skimage.color import rgb2gray
+
+    out = []
+    for name in SKIMAGE:
+        img = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
+        out.append(rgb2gray(img[..., :3]) if img.ndim == 3 else img)
+    for module, rel in DICOM:
+        root = Path(list(importlib.util.find_spec(module).submodule_search_locations)[0])
+        px = pydicom.dcmread(root / rel).pixel_array.astype(np.float64)
+        px = px.reshape(-1, *px.shape[-2:])[0] if px.ndim > 2 and px.shape[-1] not in (3, 4) else px
+        out.append(px.mean(axis=-1) if px.ndim == 3 else px)
+    return out
+
+
+def _field(rng: np.random.Generator, sources: list[np.ndarray], size: int) -> np.ndarray:
+    """A random crop of a random texture, zoomed, turned and flipped to ``size``², scaled to 0..1."""
+    src = sources[rng.integers(len(sources))]
+    side = int(min(src.shape) * rng.uniform(0.4, 1.0))
+    r0 = rng.integers(src.shape[0] - side + 1)
+    c0 = rng.integers(src.shape[1] - side + 1)
+    crop = ndimage.zoom(src[r0:r0 + side, c0:c0 + side], size / side, order=1)[:size, :size]
+    crop = np.rot90(crop, rng.integers(4))
+    crop = crop[:, ::-1] if rng.uniform() < 0.5 else crop
+    lo, hi = np.percentile(crop, [1, 99])
+    return np.clip((crop - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def _blobs(rng: np.random.Generator, sources, size: int, fraction: float) -> np.ndarray:
+    """A mask of about ``fraction`` of the slice: the top of a smoothed texture."""
+    smooth = ndimage.gaussian_filter(_field(rng, sources, size), rng.uniform(2.0, 8.0))
+    return smooth > np.quantile(smooth, 1.0 - fraction)
+
+
+def phantom(rng: np.random.Generator, sources, size: int) -> tuple[np.ndarray, float]:
+    """One slice in HU and its pixel size in mm."""
+    pixel = rng.uniform(0.7, 1.4)
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2.0
+    a = rng.uniform(0.30, 0.47) * size
+    b = a * rng.uniform(0.65, 1.0)
+    t = rng.uniform(0, np.pi)
+    u, v = x * np.cos(t) + y * np.sin(t), -x * np.sin(t) + y * np.cos(t)
+    wobble = 1.0 + 0.04 * ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 8) * size / 8
+    r = np.sqrt((u / a) ** 2 + (v / b) ** 2) / wobble
+    body = r < 1.0
+    rim = body & (r > 1.0 - rng.uniform(3.0, 20.0) / pixel / a)
+    hu = rng.uniform(20, 70) + rng.uniform(15, 120) * (_field(rng, sources, size) - 0.5)
+    hu += rng.uniform(0, 60) * (_field(rng, sources, size) - 0.5)  # a second, independent texture
+    fat = rim | _blobs(rng, sources, size, rng.uniform(0.03, 0.25))
+    hu = np.where(fat, rng.uniform(-120, -80) + rng.uniform(5, 40) * (_field(rng, sources, size) - 0.5), hu)
+    bone = _blobs(rng, sources, size, rng.uniform(0.01, 0.08)) & (r < 0.9)
+    hu = np.where(bone, rng.uniform(250, 1200) + rng.uniform(100, 500) * (_field(rng, sources, size) - 0.5), hu)
+    if rng.uniform() < 0.5:  # lung or bowel gas
+        air = _blobs(rng, sources, size, rng.uniform(0.02, 0.2)) & (r < 0.85)
+        hu = np.where(air, rng.uniform(-900, -700) + rng.uniform(20, 150) * (_field(rng, sources, size) - 0.5), hu)
+    hu = np.where(body, ndimage.gaussian_filter(hu, rng.uniform(0.3, 1.0)), -1000.0)
+    return hu.astype(np.float32), float(pixel)
+
+
+def main() -> None:
+    import nibabel as nib
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--count", type=int, default=32)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = textures()
+    for k in range(args.count):
+        hu, pixel = phantom(np.random.default_rng([args.seed, k]), sources, args.size)
+        img = nib.Nifti1Image(np.ascontiguousarray(hu.T[:, :, None]), np.diag([pixel, pixel, pixel, 1.0]))
+        img.header.set_xyzt_units("mm")
+        tmp = out / f".phantom-{k:03d}.nii.gz"
+        nib.save(img, tmp)
+        tmp.rename(out / f"phantom-{k:03d}.nii.gz")
+    print(f"{args.count} phantoms in {out}")
+
+
+if __name__ == "__main__":
+    main()
