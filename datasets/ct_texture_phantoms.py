@@ -1,12 +1,16 @@
 """Texture phantoms for the blind CT denoiser (stage 5 of ct-denoise).
 
     python datasets/ct_texture_phantoms.py data/ct-phantoms [--count 32] [--size 256] [--seed 0]
+    python datasets/ct_texture_phantoms.py data/ct-phantoms-small --pixel-mm 0.25 0.6 --seed 1
 
 Four real training slices teach four anatomies: the network learns their content as well as the
 noise, and erases texture it has never seen (CT_small's muscle and trabecular bone). Each phantom
 here is a body-sized slice in HU (an elliptic body with a fat rim, soft tissue, bone and air/lung
 pockets) whose texture comes from real images of other kinds, so that the simulated scanner
-(``hires prepare``) shows the network many more textures next to the same FBP noise:
+(``hires prepare``) shows the network many more textures next to the same FBP noise. Small pixels
+(``--pixel-mm 0.25 0.6``: a 6-15 cm object, as a wrist, a child or a small-FOV reconstruction) give
+dense detail at little attenuation, hence little noise: detail the network must keep.
+Texture sources:
 
 - scikit-image's bundled images (camera, brick, grass, gravel, moon, coins, text, page,
   astronaut, coffee, chelsea, rocket, hubble_deep_field, retina, immunohistochemistry, cell:
@@ -71,9 +75,9 @@ def _blobs(rng: np.random.Generator, sources, size: int, fraction: float) -> np.
     return smooth > np.quantile(smooth, 1.0 - fraction)
 
 
-def phantom(rng: np.random.Generator, sources, size: int) -> tuple[np.ndarray, float]:
-    """One slice in HU and its pixel size in mm."""
-    pixel = rng.uniform(0.7, 1.4)
+def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4)) -> tuple[np.ndarray, float]:
+    """One slice in HU and its pixel size in mm (uniform in ``pixel_mm``)."""
+    pixel = rng.uniform(*pixel_mm)
     y, x = np.mgrid[:size, :size] - (size - 1) / 2.0
     a = rng.uniform(0.30, 0.47) * size
     b = a * rng.uniform(0.65, 1.0)
@@ -104,12 +108,13 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=32)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pixel-mm", type=float, nargs=2, default=(0.7, 1.4), metavar=("LO", "HI"))
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = textures()
     for k in range(args.count):
-        hu, pixel = phantom(np.random.default_rng([args.seed, k]), sources, args.size)
+        hu, pixel = phantom(np.random.default_rng([args.seed, k]), sources, args.size, args.pixel_mm)
         img = nib.Nifti1Image(np.ascontiguousarray(hu.T[:, :, None]), np.diag([pixel, pixel, pixel, 1.0]))
         img.header.set_xyzt_units("mm")
         tmp = out / f".phantom-{k:03d}.nii.gz"
