@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--only", help="cases whose id contains this text (e.g. CT_small)")
     ap.add_argument("--figures", type=Path, help="directory for the crops figure and the dose curve (PNG)")
     ap.add_argument("--figure-case", default="693_UNCI-z0-A", help="case shown in the crops figure")
+    ap.add_argument("--figure-name", default="ct-denoise-protocols.png", help="file name of the crops figure")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", module="pydicom")  # the test files' own invalid UIDs
     recipe = load_recipe(args.recipe)
@@ -126,7 +127,7 @@ def main() -> int:
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         if shown:
-            crops_figure(shown, args.figure_case, args.figures / "ct-denoise-protocols.png")
+            crops_figure(shown, args.figure_case, args.figures / args.figure_name)
         curve_figure(cases, args.model, args.figures / "ct-denoise-dose-curve.png")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "recipe": str(args.recipe.relative_to(ROOT)),
@@ -143,7 +144,8 @@ def crops_figure(images: dict, case: str, png: Path) -> None:
 
     truth = images["truth"]
     h, w = truth.shape
-    crop = (slice(h // 2 - 100, h // 2 + 100), slice(w // 2 - 100, w // 2 + 100))
+    r, c = min(100, h // 2), min(100, w // 2)  # a 200² centre crop, or the whole of a smaller slice
+    crop = (slice(h // 2 - r, h // 2 + r), slice(w // 2 - c, w // 2 + c))
     fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6))
     for ax, (label, img) in zip(axes, images.items()):
         ax.imshow(np.clip(img[crop], *SOFT), cmap="gray", vmin=SOFT[0], vmax=SOFT[1])

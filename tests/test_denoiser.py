@@ -93,8 +93,8 @@ def test_blind_denoiser_helps_at_heavy_noise_on_a_reserved_slice(photons, filt):
 
 
 @pytest.mark.xfail(strict=True, reason="known defect (docs/models/ct-denoise.md): on CT_small, whose own "
-                   "scanner texture looks like simulated noise, the blind model removes it at mild noise "
-                   "(1e6 photons: 41.9 -> 32.3 dB soft tissue)")
+                   "scanner striation looks like noise to a model trained on isotropic scanner noise, the "
+                   "blind model removes it at mild noise (1e6 photons: 41.9 -> 32.4 dB soft tissue)")
 def test_blind_denoiser_never_worse_than_its_input_at_mild_noise():
     before, after = _soft_psnr_before_after(1e6, "ramp")
     assert after >= before, (before, after)
