@@ -303,6 +303,38 @@ def test_scanner_noise_goes_into_the_target_and_the_input(tmp_path):
                                                               "scanner_noise": {"photons": [2e4, 1e4]}}}))
 
 
+def test_anisotropic_scanner_noise_is_streaky_along_its_angle(tmp_path):
+    """scanner_noise.anisotropy: the scanner's photons vary with the view angle, so the noise the
+    target keeps is streaky (more energy across the streaks than along them), in the drawn
+    orientation; the acquisition's own noise stays isotropic."""
+    base = {"name": "t", "domain": "low-dose-ct",
+            "sources": [{"package": "pydicom", "file": "CT_small.dcm"},  # 128²: cheap to simulate
+                        {"path": str(DICOM / "bad_sequence.dcm"), "split": "val"}],
+            "degradation": {"photons": [1e6, 1e6], "per_slice": 6, "n_angles": [180],
+                            "val_protocols": [{"name": "a", "photons": 1e5, "n_angles": 90}]}}
+    noisy = {**base, "degradation": {**base["degradation"], "scanner_noise": {
+        "fraction": 1.0, "photons": [2e4, 2e4], "anisotropy": [20.0, 20.0]}}}
+    recipe, plain = load_recipe(write(tmp_path, noisy, "n.yaml")), load_recipe(write(tmp_path, base, "p.yaml"))
+    items = [it for it in prep.plan(recipe) if it.split == "train"]
+    assert all(it.params["scanner_anisotropy"] == pytest.approx(20.0) for it in items)
+    assert len({round(it.params["scanner_angle"]) for it in items}) == len(items)  # drawn per acquisition
+    it = items[0]
+    photons = prep._scanner_photons(it.params, 180)
+    assert photons.max() / photons.min() == pytest.approx(20.0, rel=0.01)
+    assert np.exp(np.log(photons).mean()) == pytest.approx(2e4, rel=0.01)
+    ratios = []
+    for it in items:
+        same = next(p for p in prep.plan(plain) if p.id == it.id)
+        own = (prep.process(it, recipe)["hr"] - prep.process(same, plain)["hr"])[0]
+        gy, gx = (np.diff(own, axis=0) ** 2).mean(), (np.diff(own, axis=1) ** 2).mean()
+        ratios.append((it.params["scanner_angle"], gy / gx))
+    # streaks run along the views with the fewest photons: their direction follows the angle
+    assert max(r for _, r in ratios) > 1.5 and min(r for _, r in ratios) < 1 / 1.5, ratios
+    with pytest.raises(HiresError, match="anisotropy"):
+        load_recipe(write(tmp_path, {**base, "degradation": {**base["degradation"], "scanner_noise": {
+            "photons": [2e4, 2e4], "anisotropy": [0.5, 2.0]}}}))
+
+
 def test_low_dose_recipe_refuses_bad_protocols(tmp_path):
     base = {"name": "t", "domain": "low-dose-ct", "sources": [{"path": str(SAMPLES / "ct_head_series")}]}
     for bad, field in (({"photons": [1e5, 1e4], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90}]},

@@ -183,13 +183,14 @@ def ct_sinogram(hu: np.ndarray, pixel_mm: float, n_angles: int) -> np.ndarray:
     h, w = hu.shape
     if h != w:
         raise ValueError(f"CT simulation needs a square slice, got {h}x{w}")
-    return radon(hu_to_mu(hu), _angles(n_angles), circle=False) * pixel_mm
+    return radon(hu_to_mu(hu), ct_angles(n_angles), circle=False) * pixel_mm
 
 
-def ct_counts(p: np.ndarray, photons: float, rng: np.random.Generator, electronic_sigma: float = 0.0) -> np.ndarray:
+def ct_counts(p: np.ndarray, photons, rng: np.random.Generator, electronic_sigma: float = 0.0) -> np.ndarray:
     """Measured line integrals: ``N ~ Poisson(photons · exp(-p))`` (+ Gaussian electronic noise of
     ``electronic_sigma`` counts), ``p̂ = -ln(max(N, 0.5) / photons)``; ``photons`` is the
-    unattenuated count per detector bin (I0 · dose)."""
+    unattenuated count per detector bin (I0 · dose): one number, or one per view angle (the
+    sinogram's last axis)."""
     counts = rng.poisson(photons * np.exp(-p)).astype(np.float64)
     if electronic_sigma > 0:
         counts += rng.normal(0.0, electronic_sigma, counts.shape)
@@ -201,11 +202,12 @@ def ct_reconstruct(p: np.ndarray, pixel_mm: float, size: int, filter_name: str =
     over ``p.shape[1]`` angles back to a ``size``² HU slice."""
     from skimage.transform import iradon
 
-    mu = iradon(p / pixel_mm, _angles(p.shape[1]), output_size=size, circle=False, filter_name=filter_name)
+    mu = iradon(p / pixel_mm, ct_angles(p.shape[1]), output_size=size, circle=False, filter_name=filter_name)
     return mu_to_hu(mu)
 
 
-def _angles(n: int) -> np.ndarray:
+def ct_angles(n: int) -> np.ndarray:
+    """The view angles in degrees: ``n`` over 180°, parallel beam."""
     return np.linspace(0.0, 180.0, n, endpoint=False)
 
 

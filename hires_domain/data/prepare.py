@@ -339,6 +339,10 @@ def _slice_items(recipe, src, inp, prefix, z, split, base) -> list[Item]:
                 lo, hi = sn.photons
                 proto["scanner_photons"] = float(math.exp(draw.uniform(math.log(lo), math.log(hi))))
                 proto["scanner_filter"] = _draw(list(d.filter), draw)
+                if sn.anisotropy != (1.0, 1.0):
+                    lo, hi = sn.anisotropy
+                    proto["scanner_anisotropy"] = float(math.exp(draw.uniform(math.log(lo), math.log(hi))))
+                    proto["scanner_angle"] = float(draw.uniform(0.0, 180.0))
         out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out
 
@@ -404,7 +408,7 @@ def _low_dose(hu: np.ndarray, p: dict, key: tuple) -> tuple[np.ndarray, np.ndarr
         own_key = ("clean", p["n_angles"], p["scanner_filter"])
         if own_key not in cache:
             cache[own_key] = deg.ct_reconstruct(sino, pixel, n, p["scanner_filter"])
-        own = deg.ct_counts(sino, p["scanner_photons"], np.random.default_rng([p["seed"], 1]))
+        own = deg.ct_counts(sino, _scanner_photons(p, sino.shape[1]), np.random.default_rng([p["seed"], 1]))
         own = deg.ct_reconstruct(own, pixel, n, p["scanner_filter"]) - cache[own_key]
         sino = deg.ct_sinogram(cache["square"] + own, pixel, p["n_angles"])
         clean = deg.ct_reconstruct(sino, pixel, n, p["filter"])
@@ -414,6 +418,16 @@ def _low_dose(hu: np.ndarray, p: dict, key: tuple) -> tuple[np.ndarray, np.ndarr
 
 
 _CT_CACHE: dict = {}
+
+
+def _scanner_photons(p: dict, n_angles: int):
+    """The scanner's photons per detector bin: one number, or per view angle when anisotropic
+    (geometric mean ``scanner_photons``, most over fewest ``scanner_anisotropy``, most along
+    ``scanner_angle``)."""
+    if "scanner_anisotropy" not in p:
+        return p["scanner_photons"]
+    theta = np.deg2rad(deg.ct_angles(n_angles) - p["scanner_angle"])
+    return p["scanner_photons"] * p["scanner_anisotropy"] ** (0.5 * np.cos(2.0 * theta))
 
 
 # ---------------------------------------------------------------- driver

@@ -173,10 +173,19 @@ class ScannerNoise(_Model):
     acquisitions the slice first gets the noise of another acquisition (photons log-uniform in
     ``photons``, a reconstruction filter from the recipe's list), then this acquisition is
     simulated on it, so that noise goes through the reconstruction with the anatomy and stays in
-    the target, as a real scan's own noise stays in the truth."""
+    the target, as a real scan's own noise stays in the truth. ``anisotropy``: the ratio of the
+    most to the fewest photons over the view angles, drawn log-uniformly (an elliptic patient,
+    tube-current modulation), at a random orientation: streaky scanner noise, as real scans have."""
 
     fraction: float = Field(0.5, ge=0.0, le=1.0)
     photons: tuple[float, float] = (5e4, 1e6)
+    anisotropy: tuple[float, float] = (1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _anisotropy(self):
+        if not 1.0 <= self.anisotropy[0] <= self.anisotropy[1]:
+            raise ValueError("anisotropy must be [lo, hi] with 1 <= lo <= hi")
+        return self
 
 
 class DoseDegradation(_Model):
