@@ -25,7 +25,6 @@ phantom (values in HU, its own pixel size in the header); same seed, same files.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,8 @@ from scipy import ndimage
 
 SKIMAGE = ["camera", "brick", "grass", "gravel", "moon", "coins", "text", "page", "astronaut", "coffee",
            "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "cell"]
-DICOM = [("data_store", "data/RG1_UNCI.dcm"), ("data_store", "data/RG3_UNCI.dcm"),
-         ("data_store", "data/US1_UNCI.dcm"), ("data_store", "data/MR2_UNCI.dcm"),
-         ("data_store", "data/emri_small.dcm"), ("pydicom", "data/test_files/MR_small.dcm")]
+DICOM = [("pydicom-data", "RG1_UNCI.dcm"), ("pydicom-data", "RG3_UNCI.dcm"), ("pydicom-data", "US1_UNCI.dcm"),
+         ("pydicom-data", "MR2_UNCI.dcm"), ("pydicom-data", "emri_small.dcm"), ("pydicom", "MR_small.dcm")]
 
 
 def textures() -> list[np.ndarray]:
@@ -44,13 +42,14 @@ def textures() -> list[np.ndarray]:
     import skimage.data
     from skimage.color import rgb2gray
 
+    from hires_domain.data.recipes import package_root
+
     out = []
     for name in SKIMAGE:
         img = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
         out.append(rgb2gray(img[..., :3]) if img.ndim == 3 else img)
-    for module, rel in DICOM:
-        root = Path(list(importlib.util.find_spec(module).submodule_search_locations)[0])
-        px = pydicom.dcmread(root / rel).pixel_array.astype(np.float64)
+    for package, name in DICOM:
+        px = pydicom.dcmread(package_root(package) / name).pixel_array.astype(np.float64)
         px = px.reshape(-1, *px.shape[-2:])[0] if px.ndim > 2 and px.shape[-1] not in (3, 4) else px
         out.append(px.mean(axis=-1) if px.ndim == 3 else px)
     return out
@@ -75,6 +74,12 @@ def _blobs(rng: np.random.Generator, sources, size: int, fraction: float) -> np.
     return smooth > np.quantile(smooth, 1.0 - fraction)
 
 
+def _textured(rng: np.random.Generator, sources, size: int, level, amplitude) -> np.ndarray:
+    """A tissue: a level in HU (uniform in ``level``) with a texture of ``amplitude`` HU across."""
+    base, amp = rng.uniform(*level), rng.uniform(*amplitude)
+    return base + amp * (_field(rng, sources, size) - 0.5)
+
+
 def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4)) -> tuple[np.ndarray, float]:
     """One slice in HU and its pixel size in mm (uniform in ``pixel_mm``)."""
     pixel = rng.uniform(*pixel_mm)
@@ -87,15 +92,15 @@ def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4)) -
     r = np.sqrt((u / a) ** 2 + (v / b) ** 2) / wobble
     body = r < 1.0
     rim = body & (r > 1.0 - rng.uniform(3.0, 20.0) / pixel / a)
-    hu = rng.uniform(20, 70) + rng.uniform(15, 120) * (_field(rng, sources, size) - 0.5)
+    hu = _textured(rng, sources, size, (20, 70), (15, 120))
     hu += rng.uniform(0, 60) * (_field(rng, sources, size) - 0.5)  # a second, independent texture
     fat = rim | _blobs(rng, sources, size, rng.uniform(0.03, 0.25))
-    hu = np.where(fat, rng.uniform(-120, -80) + rng.uniform(5, 40) * (_field(rng, sources, size) - 0.5), hu)
+    hu = np.where(fat, _textured(rng, sources, size, (-120, -80), (5, 40)), hu)
     bone = _blobs(rng, sources, size, rng.uniform(0.01, 0.08)) & (r < 0.9)
-    hu = np.where(bone, rng.uniform(250, 1200) + rng.uniform(100, 500) * (_field(rng, sources, size) - 0.5), hu)
+    hu = np.where(bone, _textured(rng, sources, size, (250, 1200), (100, 500)), hu)
     if rng.uniform() < 0.5:  # lung or bowel gas
         air = _blobs(rng, sources, size, rng.uniform(0.02, 0.2)) & (r < 0.85)
-        hu = np.where(air, rng.uniform(-900, -700) + rng.uniform(20, 150) * (_field(rng, sources, size) - 0.5), hu)
+        hu = np.where(air, _textured(rng, sources, size, (-900, -700), (20, 150)), hu)
     hu = np.where(body, ndimage.gaussian_filter(hu, rng.uniform(0.3, 1.0)), -1000.0)
     return hu.astype(np.float32), float(pixel)
 

@@ -186,7 +186,7 @@ def ct_sinogram(hu: np.ndarray, pixel_mm: float, n_angles: int) -> np.ndarray:
     return radon(hu_to_mu(hu), ct_angles(n_angles), circle=False) * pixel_mm
 
 
-def ct_counts(p: np.ndarray, photons, rng: np.random.Generator, electronic_sigma: float = 0.0) -> np.ndarray:
+def ct_counts(p: np.ndarray, photons: float | np.ndarray, rng: np.random.Generator, electronic_sigma: float = 0.0) -> np.ndarray:
     """Measured line integrals: ``N ~ Poisson(photons · exp(-p))`` (+ Gaussian electronic noise of
     ``electronic_sigma`` counts), ``p̂ = -ln(max(N, 0.5) / photons)``; ``photons`` is the
     unattenuated count per detector bin (I0 · dose): one number, or one per view angle (the

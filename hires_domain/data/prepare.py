@@ -140,6 +140,11 @@ def _draw(spec, rng: np.random.Generator):
     return spec
 
 
+def _log_uniform(spec: tuple[float, float], rng: np.random.Generator) -> float:
+    """A value drawn log-uniformly over ``(lo, hi)`` (photon counts, ratios)."""
+    return float(math.exp(rng.uniform(math.log(spec[0]), math.log(spec[1]))))
+
+
 def _variant_ids(prefix: str, split: str, variants: int) -> list[str]:
     """Item ids of one location: ``variants`` LR versions for training, one for validation."""
     return [prefix] if split == "val" or variants == 1 else [f"{prefix}-v{k}" for k in range(variants)]
@@ -328,20 +333,17 @@ def _slice_items(recipe, src, inp, prefix, z, split, base) -> list[Item]:
         seed = item_seed(recipe.seed, iid)
         if proto is None:
             draw = param_rng(seed)
-            lo, hi = d.photons
-            proto = {"photons": float(math.exp(draw.uniform(math.log(lo), math.log(hi)))),
+            proto = {"photons": _log_uniform(d.photons, draw),
                      "n_angles": int(_draw(list(d.n_angles), draw)), "filter": _draw(list(d.filter), draw),
                      "electronic_sigma": _draw(tuple(d.electronic_sigma), draw)}
             if d.binning != [1]:
                 proto["binning"] = int(_draw(list(d.binning), draw))
             sn = d.scanner_noise
             if sn is not None and draw.uniform() < sn.fraction:
-                lo, hi = sn.photons
-                proto["scanner_photons"] = float(math.exp(draw.uniform(math.log(lo), math.log(hi))))
+                proto["scanner_photons"] = _log_uniform(sn.photons, draw)
                 proto["scanner_filter"] = _draw(list(d.filter), draw)
                 if sn.anisotropy != (1.0, 1.0):
-                    lo, hi = sn.anisotropy
-                    proto["scanner_anisotropy"] = float(math.exp(draw.uniform(math.log(lo), math.log(hi))))
+                    proto["scanner_anisotropy"] = _log_uniform(sn.anisotropy, draw)
                     proto["scanner_angle"] = float(draw.uniform(0.0, 180.0))
         out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out

@@ -6,6 +6,7 @@ local files. Every problem is one ``HiresError`` line naming the recipe and the 
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -183,8 +184,7 @@ class ScannerNoise(_Model):
 
     @model_validator(mode="after")
     def _anisotropy(self):
-        if not 1.0 <= self.anisotropy[0] <= self.anisotropy[1]:
-            raise ValueError("anisotropy must be [lo, hi] with 1 <= lo <= hi")
+        _in_range(self.anisotropy, 1.0, math.inf, "anisotropy", lo_allowed=True)
         return self
 
 
@@ -310,16 +310,23 @@ def load_recipe(path):
     return recipe
 
 
+def package_root(name: str) -> Path | None:
+    """Where sample package ``name`` (a key of ``PACKAGES``) keeps its files; None when not installed."""
+    module, sub, _ = PACKAGES[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
 def _resolve(src: Source, base: Path, bands, recipe_path, field: str):
     if src.package is not None:
         if src.package not in PACKAGES:
             raise fail(recipe_path, f"{field}.package", f"unknown package '{src.package}'; known: "
                                                         f"{', '.join(PACKAGES)}")
-        module, sub, how = PACKAGES[src.package]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise fail(recipe_path, field, f"source {src.label} not found: {how}")
-        root = Path(list(spec.submodule_search_locations)[0]) / sub
+        root = package_root(src.package)
+        if root is None:
+            raise fail(recipe_path, field, f"source {src.label} not found: {PACKAGES[src.package][2]}")
         template = str(root / src.file)
     else:
         template = str(Path(src.path) if Path(src.path).is_absolute() else base / src.path)
