@@ -228,16 +228,18 @@ def test_distributed_prepare_is_byte_identical(cluster, tmp_path, capsys):
     assert one == many
 
 
-@pytest.mark.parametrize("model", ["s2-sr-x4", "bicubic"])
-def test_one_raster_split_into_row_bands_equals_a_single_run(cluster, model, tmp_path):
+@pytest.mark.parametrize("model,tile,overlap,bands", [
+    ("s2-sr-x4", 48, 12, 3), ("bicubic", 48, 12, 3),  # tile rows at 0, 36, 72, 108: bands decoded and rewritten
+    ("s2-sr-x4", 64, 0, 2)])  # rows at 0, 64: bands on the output block grid, their compressed blocks adopted
+def test_one_raster_split_into_row_bands_equals_a_single_run(cluster, model, tile, overlap, bands, tmp_path):
     from hires_domain.cluster.bands import enhance_bands
 
     _, client = cluster
-    src = DATA / "s2_heldout_crop.tif"  # 128x128: tile rows start at 0, 36, 72, 108
-    s = Settings(model, 4, tile=48, overlap=12)
+    src = DATA / "s2_heldout_crop.tif"  # 128x128
+    s = Settings(model, 4, tile=tile, overlap=overlap)
     enhance_file(src, tmp_path / "one.tif", s)
     summary = enhance_bands(src, tmp_path / "bands.tif", s, client, n_bands=3)
-    assert len(summary.bands) == 3 and summary.bands[0]["rows"][1] == summary.bands[1]["rows"][0]
+    assert len(summary.bands) == bands and summary.bands[0]["rows"][1] == summary.bands[1]["rows"][0]
     assert np.array_equal(_pixels(tmp_path / "bands.tif"), _pixels(tmp_path / "one.tif"))
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "bands.tif") as b:
         assert a.profile == b.profile and a.tags() == b.tags() and a.descriptions == b.descriptions

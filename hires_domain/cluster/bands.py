@@ -5,10 +5,13 @@ tile-row starts into bands of output rows. Each worker runs the batches of tiles
 band (``tiling.iter_tiled(select=...)``: same batches as a single run, so bit-identical
 predictions; with a blending overlap, the tile row overlapping the band above is run by both)
 and writes the cells inside its band to a block-aligned GeoTIFF part; cells outside are
-dropped, and cells blended with tiles it did not run are never finished. The client then copies the parts, band by band and
-block row by block row, into the final ``RasterSink`` (GeoTIFF or COG, the same metadata as a
-single run). So the pixels equal the single-process output, and each worker holds one band's
-unfinished strip, like a single run.
+dropped, and cells blended with tiles it did not run are never finished. The client moves each
+part's compressed blocks, as they are, into the final ``RasterSink`` (``adopt``: no decoding or
+recompressing; GeoTIFF, or a COG converted at the end as in a single run, with the same metadata);
+bands that do not start on the output block grid (tile − overlap under 64 input pixels) are
+decoded and written again instead.
+So the pixels equal the single-process output, and each worker holds one band's unfinished
+strip, like a single run.
 
 The parts sit inside the output's temporary directory: workers and client need a shared
 filesystem (always true for a LocalCluster).
@@ -93,13 +96,25 @@ def run_band(src: str, settings: pipeline.Settings, r0: int, r1: int, parts: str
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def _copy(band: dict, sink) -> None:
+    """Decode a part block row by block row and write it into ``sink`` at its rows."""
+    from ..io.raster import RasterSource
+
+    r0, r1 = band["rows"]
+    with RasterSource(band["path"]) as part:
+        for row in range(0, r1 - r0, sink.block):
+            window = (slice(row, min(row + sink.block, r1 - r0)), slice(0, sink.shape[2]))
+            data, valid = part.read(window)
+            sink.write((slice(r0 + row, r0 + window[0].stop), window[1]), data, valid)
+
+
 def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool = False, cog: bool = False,
                   progress: pipeline.Progress | None = None, series: str | None = None, uncertainty=None,
                   n_bands: int | None = None) -> pipeline.Summary:
     """``pipeline.enhance_file`` for a raster, its row bands run on the Dask ``client``'s workers
     (``n_bands``: default two per worker thread, so that copying finished bands into the output
     overlaps the running ones). ``progress(done, total)`` counts bands."""
-    from ..io.raster import RasterSink, RasterSource
+    from ..io.raster import RasterSink
 
     src, dst = Path(src), Path(dst)
     if uncertainty is not None or settings.uncertainty:
@@ -131,18 +146,19 @@ def enhance_bands(src, dst, settings: pipeline.Settings, client, overwrite: bool
             from . import in_order
 
             done = []
+            # block-aligned bands (every default plan) move their compressed blocks in as they are;
+            # others (tile - overlap under 64 input pixels) are decoded and written again
+            raw = all(r0 % block == 0 for r0, _ in limits)
             with RasterSink(tmp, shape, affine, {**image.meta, "nodata": image.nodata}, crs=image.crs,
-                            provenance=run.describe(), cog=cog, block=block) as sink:
-                # each band is copied as soon as it and those above it are done, while later ones run
+                            provenance=run.describe(), cog=cog, block=block, sparse=raw) as sink:
+                # each band goes in as soon as it and those above it are done, while later ones run
                 for band in in_order(client, lambda rows: run_band(str(src), settings, *rows, str(parts)), limits,
                                      progress):
                     done.append(band)
-                    r0, r1 = band["rows"]
-                    with RasterSource(band["path"]) as part:
-                        for row in range(0, r1 - r0, block):
-                            window = (slice(row, min(row + block, r1 - r0)), slice(0, shape[2]))
-                            data, valid = part.read(window)
-                            sink.write((slice(r0 + row, r0 + window[0].stop), window[1]), data, valid)
+                    if raw:
+                        sink.adopt(band["path"], band["rows"][0])
+                    else:
+                        _copy(band, sink)
                     Path(band["path"]).unlink()
     summary = pipeline.Summary(str(src), str(dst), settings.model, settings.scale, image.shape, shape,
                                time.perf_counter() - start, f"{len(limits)} band(s) on {workers} Dask worker(s)",

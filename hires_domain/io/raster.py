@@ -30,10 +30,12 @@ from ..errors import HiresError, one_line
 from ..image import Image
 from ..tiling import ArraySource, Coverage, Region
 from .common import cast_to_dtype
+from . import tiff_blocks
 from .gdal_messages import FATAL_WARNINGS, libgeotiff_messages, reading, reason
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
+DEFLATE_LEVEL = 3  # libdeflate level: files within 0.3 % of level 6 (the default) at 3.6x less CPU (docs/performance.md)
 _DROPPED_NAMESPACES = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 
 
@@ -178,11 +180,12 @@ class RasterSink:
     marking them. Alpha bands are rewritten from validity. Per-band metadata is kept only
     when the band count is unchanged. With ``cog=True`` the tiled file is converted to a
     Cloud Optimized GeoTIFF (GDAL's COG driver, averaged overviews) on a clean close; the
-    intermediate sits beside ``path`` and is always removed.
+    intermediate sits beside ``path`` and is always removed. With ``sparse=True`` the file is
+    created without tiles and rows may come from ``adopt``-ed parts (their compressed blocks).
     """
 
     def __init__(self, path, shape, affine, meta: dict, crs: str | None = None,
-                 provenance: str = "", cog: bool = False, block: int = BLOCK):
+                 provenance: str = "", cog: bool = False, block: int = BLOCK, sparse: bool = False):
         self.path, self.shape, self.affine = Path(path), tuple(shape), np.asarray(affine)
         self.meta, self.crs, self.provenance, self.cog = meta, crs, provenance, cog
         self.dtype = np.dtype(meta.get("dtype", "float32"))
@@ -197,6 +200,8 @@ class RasterSink:
         self.block = block
         self.coverage = Coverage(self.shape[1:], (block, block))
         self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.sparse = sparse
+        self._opened = False
 
     def _per_band(self, key):
         values = self.meta.get(key)
@@ -211,12 +216,29 @@ class RasterSink:
                 self._tiled, "w", driver="GTiff", width=width, height=height, count=count,
                 dtype=self.dtype, crs=self.crs, transform=geometry.transform_from_affine(self.affine),
                 nodata=self.nodata, tiled=True, blockxsize=self.block, blockysize=self.block, compress="deflate",
-                predictor=3 if self.dtype.kind == "f" else 2, bigtiff="IF_SAFER")
+                zlevel=DEFLATE_LEVEL, predictor=3 if self.dtype.kind == "f" else 2, bigtiff="IF_SAFER",
+                sparse_ok=self.sparse)
+            if self.sparse and self._mask:  # creates the mask's image; its one block is replaced by a part's
+                self._dst.write_mask(np.full((1, 1), 255, np.uint8), window=Window(0, 0, 1, 1))
         except RasterioError as e:
             self._env.__exit__(None, None, None)
             raise HiresError(f"cannot write raster {self.path}: {one_line(e)}") from e
         self._write_metadata()
+        self._opened = True
         return self
+
+    def adopt(self, part, row0: int) -> None:
+        """Take output rows ``row0…`` from ``part``, a GeoTIFF this class wrote with the same
+        blocks (``sparse`` sinks only): its compressed blocks are appended to the file as they
+        are, never decoded. GDAL is done with the file from the first part on."""
+        if not self.sparse:
+            raise HiresError("only a sparse RasterSink adopts parts")
+        if self._dst is not None:
+            self._dst.close()
+            self._dst = None
+        rows = tiff_blocks.check_part(self._tiled, part, row0)
+        self.coverage.add((slice(row0, row0 + rows), slice(0, self.shape[2])))
+        tiff_blocks.adopt_part(self._tiled, part, row0)
 
     def _write_metadata(self) -> None:
         dst, meta = self._dst, self.meta
@@ -303,16 +325,17 @@ class RasterSink:
         """Finish the file (checked complete unless ``failed``); with ``cog=True``, convert it to a
         COG at ``path``."""
         try:
-            if self._dst is not None:
-                try:
-                    if not failed:
-                        self.finish()
-                finally:
+            try:
+                if self._opened and not failed:
+                    self.finish()
+            finally:
+                if self._dst is not None:
                     self._dst.close()
                     self._dst = None
-                if self.cog and not failed:
-                    self._to_cog()
+            if self.cog and self._opened and not failed:
+                self._to_cog()
         finally:
+            self._opened = False
             if self.cog:
                 self._tiled.unlink(missing_ok=True)
             if self._env is not None:
@@ -323,7 +346,8 @@ class RasterSink:
         # GDAL's COG driver, not rio-cogeo's cog_translate: the latter drops band units,
         # namespaced band metadata and (GDAL 3.10) the internal mask.
         try:
-            rasterio.shutil.copy(self._tiled, self.path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
+            rasterio.shutil.copy(self._tiled, self.path, driver="COG", COMPRESS="DEFLATE", LEVEL=DEFLATE_LEVEL,
+                                 PREDICTOR="YES",
                                  BLOCKSIZE=BLOCK, OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="AVERAGE",
                                  BIGTIFF="IF_SAFER")
         except RasterioError as e:
