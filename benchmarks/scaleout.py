@@ -16,10 +16,14 @@ all cores (what a shell loop of ``hires enhance`` gets); and the Dask overhead p
 worker against the plain loop on one torch thread (each worker has one), both one item at a time.
 
 Large raster: a ``--large``² 4-band uint16 GeoTIFF (texture mirrored from the bundled crop),
-``--large-model`` ×4, tile 256, as one ``hires enhance`` process (peak RSS by ``ru_maxrss``) and
-as row bands on 2 workers (``cluster.bands.enhance_bands``; each worker reports its own peak RSS).
+``--large-model`` ×4 at default settings, as one ``hires enhance`` process (peak RSS by
+``ru_maxrss``) and as row bands on 2 workers (``cluster.bands.enhance_bands``; each worker reports
+its own peak RSS). The serial part is measured (cluster start-up, and the run's tail after the
+busiest worker's last band: assembling the output), and the speed-up curve for 1–64 workers is
+drawn from it on paper (Amdahl: T(N) = serial + band work / min(N, bands the plan allows)).
 
     python benchmarks/scaleout.py [--items 64] [--series 16] [--rounds 2] [--large 4096] [--json PATH]
+    python benchmarks/scaleout.py --items 0 --large 4096 --json benchmarks/results/scaleout_bands.json
 """
 
 from __future__ import annotations
@@ -153,8 +157,11 @@ def large_raster(root: Path, size: int, model: str) -> dict:
     r["two_workers_s"] = round(s.seconds, 1)
     r["bands"] = [{"rows": b["rows"], "seconds": round(b["seconds"], 1), "worker_pid": b["pid"],
                    "worker_peak_rss_mib": round(b["peak_rss"] / 2**20, 1)} for b in s.bands]
-    r["assembly_s"] = round(s.seconds - max(b["seconds"] for b in s.bands), 1)
+    busiest = max(sum(b["seconds"] for b in s.bands if b["pid"] == pid) for pid in {b["pid"] for b in s.bands})
+    r["serial_tail_s"] = round(s.seconds - busiest, 2)  # after the busiest worker's last band: assembly
     r["speedup"] = round(r["one_process_s"] / (r["two_workers_s"] + r["dask_startup_s"]), 2)
+    r["two_workers_over_one_process"] = round((r["two_workers_s"] + r["dask_startup_s"]) / r["one_process_s"], 2)
+    r["curve"] = curve(r, len(_tile_rows(src, model)))
     r["load_after"] = load()
     import numpy as np
     import rasterio
@@ -164,9 +171,36 @@ def large_raster(root: Path, size: int, model: str) -> dict:
     return r
 
 
+def _tile_rows(src: Path, model: str) -> list[int]:
+    from hires_domain import io, pipeline
+    from hires_domain.cluster.bands import _tile_plan
+
+    image = io.read(src)
+    try:
+        return _tile_plan(image, pipeline.resolve_run(image, Settings(model, 4))).axes[0].starts
+    finally:
+        image.data.close()
+
+
+def curve(r: dict, max_bands: int, workers=(1, 2, 4, 8, 16, 32, 64)) -> dict:
+    """Speed-up on paper of N single-threaded workers over one, from this run's measured parts:
+    serial = start-up + tail, work = Σ band seconds (one thread each), at most ``max_bands`` bands
+    (tile rows) running at once for this raster; and for a 10980² Sentinel-2 tile at the same
+    tile size (work scaled by area, bands by rows)."""
+    serial = r["dask_startup_s"] + r["serial_tail_s"]
+    work = sum(b["seconds"] for b in r["bands"])
+    side = int(r["input"].split("x")[0])
+    out = {"serial_s": round(serial, 2), "band_work_s": round(work, 1), "max_bands": max_bands}
+    for name, w, bands in (("this raster", work, max_bands),
+                           ("10980² tile", work * (10980 / side) ** 2, -(-max_bands * 10980 // side))):
+        t1 = serial + w
+        out[name] = {n: round(t1 / (serial + w / min(n, bands)), 2) for n in workers}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--items", type=int, default=64, help="small rasters (0: skip the small items)")
     ap.add_argument("--series", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="repetitions of the small-item runs (best kept)")
     ap.add_argument("--large", type=int, default=4096, help="side of the large raster (0: skip)")
@@ -178,8 +212,9 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_start": load()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        result["small_items"] = small_items(root, make_items(root, args.items, args.series), args.rounds)
-        print(json.dumps(result["small_items"], indent=1), flush=True)
+        if args.items:
+            result["small_items"] = small_items(root, make_items(root, args.items, args.series), args.rounds)
+            print(json.dumps(result["small_items"], indent=1), flush=True)
         if args.large:
             result["large_raster"] = large_raster(root, args.large, args.large_model)
     args.json.parent.mkdir(parents=True, exist_ok=True)

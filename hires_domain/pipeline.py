@@ -286,11 +286,16 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
     offsets = image.meta.get("dn_offsets")  # Sentinel-2 baseline >= 04.00: models see DN + offset
     shift = torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1) if offsets and any(offsets) else None
 
-    def predict(x, origins=None):
+    def predict(x, origins=None, margins=None):
         flat = x.reshape(x.shape[0], x.shape[1], *x.shape[-2:])
         if shift is not None:
             flat = flat + shift.to(flat.device, flat.dtype)
-        y = model.predict(flat, s.scale) if origins is None else model.predict_at(flat, s.scale, origins)
+        if origins is not None:
+            y = model.predict_at(flat, s.scale, origins)
+        elif margins is not None:  # the 2-D model's halo: the last two axes
+            y = model.predict(flat, s.scale, margins=margins[-4:])
+        else:
+            y = model.predict(flat, s.scale)
         if floor is not None:  # CT output below -1024 HU would read back as padding
             y[:, :image.channels] = y[:, :image.channels].clamp_min(floor)
         if s.strength != 1.0 and s.sampling is None:  # x1: a blend per tile, before the (linear) tile blending;
@@ -300,6 +305,7 @@ def _plan(image: Image, run: Run, block: int | None = None) -> tuple[tiling.Tile
         return y.reshape(x.shape[0], y.shape[1], *(1,) * lead, *y.shape[-2:])
 
     predict.wants_origin = s.sampling is not None  # diffusion: noise is keyed by global position
+    predict.crops_halo = getattr(model, "crops_halo", False)
     return spec, predict
 
 

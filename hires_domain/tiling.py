@@ -318,6 +318,12 @@ class TilePlan:
             local.append(slice(s - r.start * k, s - r.start * k + n))
         return tuple(core), tuple(local)
 
+    def margins(self, tile: tuple[int, ...]) -> tuple[int, ...]:
+        """Halo actually read around the tile, in input pixels: (before, after) per axis, flattened."""
+        read = self.read_region(tile)
+        return tuple(m for a, i, r in zip(self.axes, tile, read)
+                     for m in (a.starts[i] - r.start, r.stop - a.starts[i] - a.extent(i)))
+
     def tile_weights(self, tile: tuple[int, ...]) -> np.ndarray:
         """Blending weights of a tile over its own output pixels."""
         return _outer([a.weights(i) for a, i in zip(self.axes, tile)])
@@ -385,7 +391,9 @@ def iter_tiled(
     ``predict`` maps a float32 tensor ``(B, C, *tile)`` on ``device`` to
     ``(B, C_out, *tile·scale)``; one with ``wants_origin = True`` also gets each read window's
     global start (a list of tuples), for models whose output depends on position (diffusion
-    noise). The next batch is read (and nodata filled, and pinned for a GPU) in a helper
+    noise); one with ``crops_halo = True`` gets ``margins``, the halo read on each side of the
+    batch's tiles ((before, after) per axis: ``TilePlan.margins``), whose output it may leave
+    uncomputed (it is cropped away). The next batch is read (and nodata filled, and pinned for a GPU) in a helper
     thread while the model runs, and finished cells are written by another (``WriteBehind``),
     so file I/O and compression overlap compute. Being a generator, the caller can stop between
     batches (the napari worker cancels this way); both helpers are stopped before it returns.
@@ -413,6 +421,8 @@ def iter_tiled(
                 x = x.to(device, non_blocking=pin)
                 if getattr(predict, "wants_origin", False):
                     y = predict(x, [tuple(r.start for r in plan.read_region(t)) for t in batch])
+                elif getattr(predict, "crops_halo", False):
+                    y = predict(x, margins=plan.margins(batch[0]))
                 else:
                     y = predict(x)
                 y = y.float().cpu().numpy()
@@ -468,9 +478,9 @@ class WriteBehind:
 
 
 def _batches(plan: TilePlan, tiles, batch_size: int):
-    """Consecutive tiles with identical read shapes, at most ``batch_size`` at a time."""
+    """Consecutive tiles with identical read shapes and margins, at most ``batch_size`` at a time."""
     def shape(t):
-        return tuple(s.stop - s.start for s in plan.read_region(t))
+        return tuple(s.stop - s.start for s in plan.read_region(t)), plan.margins(t)
 
     for _, group in itertools.groupby(tiles, key=shape):
         group = list(group)

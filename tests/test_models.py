@@ -1,5 +1,6 @@
 """SRGAN-family networks, losses, normalisation and trained models in the registry (tiny, CPU)."""
 
+import math
 from dataclasses import replace
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import hires_domain
 from hires_domain.errors import HiresError
@@ -222,6 +224,41 @@ def test_normaliser_reflectance_not_clamped_and_round_trips():
 
 
 # ---------------------------------------------------------------- trained models in the registry
+
+
+@settings(max_examples=25, deadline=None)
+@given(arch=st.sampled_from(["msrresnet", "rrdb"]), scale=st.sampled_from([1, 2, 4]),
+       size=st.tuples(st.integers(3, 40), st.integers(3, 40)), margins=st.tuples(*[st.integers(0, 12)] * 4))
+def test_cropped_halo_leaves_the_kept_output_unchanged(arch, scale, size, margins):
+    """``forward(x, margins)`` skips the tail on the halo: every output pixel outside the margins
+    is what the full forward pass gives; the margins hold the base path."""
+    net = _net(arch, 2, 2, scale, zero_last=False)
+    t, b, left, r = margins
+    h, w = size[0] + t + b, size[1] + left + r
+    x = torch.rand(1, 2, h, w)
+    with torch.inference_mode():
+        full, cropped = net(x), net(x, margins)
+    k = scale
+    core = (..., slice(t * k, (h - b) * k), slice(left * k, (w - r) * k))
+    torch.testing.assert_close(cropped[core], full[core], rtol=1e-5, atol=1e-5)
+    if max(margins) > math.ceil(net.tail_radius):  # the tail really skipped part of the halo
+        assert not torch.allclose(cropped, full, atol=1e-5)
+
+
+def test_the_tiler_passes_each_tiles_margins_to_the_network(monkeypatch):
+    """Tiles at the image edge have no halo on that side, inner ones have the whole halo."""
+    from hires_domain import read
+    from hires_domain.models.generators import _Residual
+
+    seen = []
+    original = _Residual.forward
+    monkeypatch.setattr(_Residual, "forward", lambda self, x, margins=None: seen.append(margins)
+                        or original(self, x, margins))
+    img = read(SAMPLES / "s2_crop.tif")
+    hires_domain.enhance(img, "s2-sr-x4", scale=4, tile=64, overlap=0, precision="fp32", device="cpu")
+    halo = get_model("s2-sr-x4").info.halo
+    assert (0, halo, 0, halo) in seen and (halo, halo, halo, halo) in seen and (halo, 0, halo, 0) in seen
+    assert len(seen) == 16
 
 
 @pytest.fixture

@@ -124,6 +124,9 @@ def cast_to_dtype(data: np.ndarray, dtype, valid: np.ndarray | None = None) -> t
         return data.astype(dtype), 0
     info = np.iinfo(dtype)
     rounded = np.rint(data)
-    outside = (rounded < info.min) | (rounded > info.max)
-    clipped = int(np.count_nonzero(outside if valid is None else outside & valid))
-    return np.clip(rounded, info.min, info.max).astype(dtype), clipped
+    clipped = 0
+    if rounded.size and (rounded.min() < info.min or rounded.max() > info.max):  # else no pass per pixel
+        outside = (rounded < info.min) | (rounded > info.max)
+        clipped = int(np.count_nonzero(outside if valid is None else outside & valid))
+        rounded = np.clip(rounded, info.min, info.max)
+    return rounded.astype(dtype), clipped

@@ -309,7 +309,8 @@ class RasterSink:
 
     def _convert(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         fill = self.nodata if self.nodata is not None else (np.nan if self.dtype.kind == "f" else 0)
-        out, clipped = cast_to_dtype(np.where(valid, data, np.float32(fill)), self.dtype, valid)
+        filled = data if valid.all() else np.where(valid, data, np.float32(fill))
+        out, clipped = cast_to_dtype(filled, self.dtype, valid)
         self.clipped += clipped
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)

@@ -43,8 +43,12 @@ class DilatedDenoiser(_Residual):
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
             nn.init.zeros_(conv.bias)
         self._init_last(self.conv_last)
+        self.tail_radius = float(self.receptive_radius())  # the whole network: nothing to crop
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")  # odd sizes: one replicated row/column
         f = F.relu(self.conv_first(F.pixel_unshuffle(x, 2)))

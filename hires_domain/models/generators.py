@@ -9,7 +9,10 @@ is a learnt 1x1 projection of the bicubic image.
 
 Every generator reports ``receptive_radius()``: input (LR) pixels of context per side that one
 output pixel depends on, used as the model's tiling ``halo`` so tiled output equals whole-image
-output (tests check it against a gradient probe).
+output (tests check it against a gradient probe). ``forward(x, margins)`` is told how many input
+pixels per side are halo the caller will discard: the trunk runs on them, but its features are
+cropped to what the upsampling tail still needs (``tail_radius``), so the tail, most of the work
+of an x2/x4 network, runs on the tile alone; the discarded margins hold the base path.
 """
 
 from __future__ import annotations
@@ -87,11 +90,29 @@ class _Residual(nn.Module):
         b = _base(x, self.scale)
         return b if self.project is None else self.project(b)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    tail_radius = 0.0  # LR pixels of context the tail needs (subclasses)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The LR-resolution trunk."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.residual((x - self.shift) / self.gain) * self.out_gain
+    def tail(self, f: torch.Tensor) -> torch.Tensor:
+        """Trunk features to the residual at output resolution."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, margins: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """``margins``: (top, bottom, left, right) input pixels of halo whose output the caller
+        discards; the tail skips all but ``tail_radius`` of them (those outputs are the base)."""
+        out = self.base(x)
+        f = self.features((x - self.shift) / self.gain)
+        keep = math.ceil(self.tail_radius)
+        t, b, left, r = (max(0, m - keep) for m in (margins or (0, 0, 0, 0)))
+        if not (t or b or left or r):
+            return out + self.tail(f) * self.out_gain
+        f = f[..., t:f.shape[-2] - b, left:f.shape[-1] - r]
+        k = self.scale
+        out[..., t * k:out.shape[-2] - b * k, left * k:out.shape[-1] - r * k] += self.tail(f) * self.out_gain
+        return out
 
 
 def _upsampler(nf: int, scale: int, act) -> tuple[nn.Module, float]:
@@ -139,11 +160,13 @@ class MSRResNet(_Residual):
         self.conv_hr = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_last = nn.Conv2d(nf, out_ch, 3, 1, 1)
         self._init_last(self.conv_last)
+        self.tail_radius = self._up_radius + 2.0 / scale
 
-    def residual(self, x):
-        f = F.leaky_relu(self.conv_first(x), 0.2)
-        f = self.upsample(self.body(f))
-        return self.conv_last(F.leaky_relu(self.conv_hr(f), 0.2))
+    def features(self, x):
+        return self.body(F.leaky_relu(self.conv_first(x), 0.2))
+
+    def tail(self, f):
+        return self.conv_last(F.leaky_relu(self.conv_hr(self.upsample(f)), 0.2))
 
     def receptive_radius(self) -> int:
         net = 1 + 2 * self.nb + self._up_radius + 2.0 / self.scale
@@ -199,10 +222,13 @@ class RRDBNet(_Residual):
         self.conv_hr = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_last = nn.Conv2d(nf, out_ch, 3, 1, 1)
         self._init_last(self.conv_last)
+        self.tail_radius = sum(1.0 / 2 ** (i + 1) for i in range(len(self.ups))) + 2.0 / scale
 
-    def residual(self, x):
+    def features(self, x):
         f = self.conv_first(x)
-        f = f + self.conv_body(self.body(f))
+        return f + self.conv_body(self.body(f))
+
+    def tail(self, f):
         for conv in self.ups:
             f = F.leaky_relu(conv(F.interpolate(f, scale_factor=2, mode="nearest")), 0.2)
         return self.conv_last(F.leaky_relu(self.conv_hr(f), 0.2))

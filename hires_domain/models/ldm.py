@@ -93,6 +93,7 @@ class DiffusionModel(NeuralModel):
     codec stay fp32); its outer tiles are blended (noise and joint denoising make a tile's
     samples depend on its extent)."""
 
+    crops_halo = False  # its own predict: no margins
     exact_tiles = False
 
     def __init__(self, json_path, meta: dict | None = None):

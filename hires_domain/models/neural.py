@@ -83,6 +83,7 @@ class NeuralModel(Model):
     channels_last layout (1.3–1.7× faster convolutions on CPU) under ``self.precision``'s autocast."""
 
     reduced_precision = True
+    crops_halo = True  # predict(margins=...): generators skip the halo's output (generators._Residual)
 
     def __init__(self, json_path, meta: dict | None = None):
         self.path = Path(json_path)
@@ -121,7 +122,9 @@ class NeuralModel(Model):
         return self._net
 
     @torch.inference_mode()
-    def predict(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, scale: int, margins: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """``margins``: halo pixels per side (top, bottom, left, right) whose output the caller
+        discards; the generator may leave it uncomputed (``generators._Residual.forward``)."""
         if scale != self.info.scales[0]:
             raise HiresError(f"model '{self.info.name}' cannot do x{scale}; it supports x{self.info.scales[0]}")
         net = self.net
@@ -129,7 +132,8 @@ class NeuralModel(Model):
         if p.device != x.device:
             net.to(x.device)
         with autocast(self.precision, x.device):
-            y = net(self.normaliser.forward(x.to(torch.float32)).contiguous(memory_format=torch.channels_last))
+            y = net(self.normaliser.forward(x.to(torch.float32)).contiguous(memory_format=torch.channels_last),
+                    margins)
         return self.normaliser.inverse(y.float()).to(x.dtype)
 
 

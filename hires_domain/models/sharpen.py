@@ -66,6 +66,8 @@ def sharpen(nets: nn.ModuleDict, stages: list[dict], bands: list[str], xn: torch
 class SharpenModel(NeuralModel):
     """A registry model over ``sharpen``: physical units (DN) in and out."""
 
+    crops_halo = False  # its own predict: no margins
+
     def activation_bytes(self) -> float:
         per_value = 4.0 if self.precision == "fp32" else 2.3
         return 3 * per_value * max(st["nf"] for st in self.stages) + 8.0 * len(self.bands)
