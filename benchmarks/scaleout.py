@@ -22,8 +22,9 @@ its own peak RSS). The serial part is measured (cluster start-up, and the run's 
 busiest worker's last band: assembling the output), and the speed-up curve for 1–64 workers is
 drawn from it on paper (Amdahl: T(N) = serial + band work / min(N, bands the plan allows)).
 
-    python benchmarks/scaleout.py [--items 64] [--series 16] [--rounds 2] [--large 4096] [--json PATH]
-    python benchmarks/scaleout.py --items 0 --large 4096 --json benchmarks/results/scaleout_bands.json
+    python benchmarks/scaleout.py [--items 64] [--series 16] [--rounds 2] [--large 4096 ...] [--json PATH]
+    python benchmarks/scaleout.py --items 0 --large 1024 4096 --large-model s2-sr-x4 \
+        --json benchmarks/results/scaleout_bands.json
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=64, help="small rasters (0: skip the small items)")
     ap.add_argument("--series", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="repetitions of the small-item runs (best kept)")
-    ap.add_argument("--large", type=int, default=4096, help="side of the large raster (0: skip)")
+    ap.add_argument("--large", type=int, nargs="+", default=[4096], help="sides of the large rasters (0: skip)")
     ap.add_argument("--large-model", default="bicubic")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args()
@@ -215,8 +216,9 @@ def main() -> None:
         if args.items:
             result["small_items"] = small_items(root, make_items(root, args.items, args.series), args.rounds)
             print(json.dumps(result["small_items"], indent=1), flush=True)
-        if args.large:
-            result["large_raster"] = large_raster(root, args.large, args.large_model)
+        for size in (n for n in args.large if n):
+            result[f"large_raster_{size}"] = large_raster(root, size, args.large_model)
+            print(json.dumps(result[f"large_raster_{size}"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
