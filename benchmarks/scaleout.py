@@ -144,7 +144,7 @@ def small_items(root: Path, sets: dict[str, Path], rounds: int) -> dict:
 def large_raster(root: Path, size: int, model: str) -> dict:
     src = root / f"large{size}.tif"
     make_input(src, size)
-    cmd = [sys.executable, "-m", "hires_domain", "enhance", str(src), str(root / "one.tif"), "--model", model,
+    cmd = [sys.executable, "-m", "hires_domain", "enhance", str(src), str(root / f"one{size}.tif"), "--model", model,
            "--scale", "4", "--quiet"]
     r = {"input": f"{size}x{size}x4 uint16", "model": model, "load_before": load()}
     start = time.perf_counter()
@@ -154,7 +154,7 @@ def large_raster(root: Path, size: int, model: str) -> dict:
     start = time.perf_counter()
     with connect(2) as client:
         r["dask_startup_s"] = round(time.perf_counter() - start, 2)
-        s = enhance_bands(src, root / "bands.tif", Settings(model, 4), client)
+        s = enhance_bands(src, root / f"bands{size}.tif", Settings(model, 4), client)
     r["two_workers_s"] = round(s.seconds, 1)
     r["bands"] = [{"rows": b["rows"], "seconds": round(b["seconds"], 1), "worker_pid": b["pid"],
                    "worker_peak_rss_mib": round(b["peak_rss"] / 2**20, 1)} for b in s.bands]
@@ -167,7 +167,7 @@ def large_raster(root: Path, size: int, model: str) -> dict:
     import numpy as np
     import rasterio
 
-    with rasterio.open(root / "one.tif") as a, rasterio.open(root / "bands.tif") as b:
+    with rasterio.open(root / f"one{size}.tif") as a, rasterio.open(root / f"bands{size}.tif") as b:
         r["pixels_equal"] = all(np.array_equal(a.read(window=w), b.read(window=w)) for _, w in a.block_windows(1))
     return r
 
