@@ -393,8 +393,8 @@ def iter_tiled(
     global start (a list of tuples), for models whose output depends on position (diffusion
     noise); one with ``crops_halo = True`` gets ``margins``, the halo read on each side of the
     batch's tiles ((before, after) per axis: ``TilePlan.margins``), whose output it may leave
-    uncomputed (it is cropped away). The next batch is read (and nodata filled, and pinned for a GPU) in a helper
-    thread while the model runs, and finished cells are written by another (``WriteBehind``),
+    uncomputed (it is cropped away). The next batch is read (and nodata filled, and pinned for a
+    GPU) in a helper thread while the model runs, and finished cells are written by another (``WriteBehind``),
     so file I/O and compression overlap compute. Being a generator, the caller can stop between
     batches (the napari worker cancels this way); both helpers are stopped before it returns.
     After the last tile ``sink.finish()`` checks that every output pixel was written exactly once.

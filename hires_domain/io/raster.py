@@ -35,7 +35,7 @@ from .gdal_messages import FATAL_WARNINGS, libgeotiff_messages, reading, reason
 
 BLOCK = 256  # default output block size (the pipeline picks 64 x scale: see pipeline.output_block)
 CACHE_MB = 256  # GDAL block cache while writing: keeps memory bounded on huge outputs
-DEFLATE_LEVEL = 3  # libdeflate level: files within 0.3 % of level 6 (the default) at 3.6x less CPU (docs/performance.md)
+DEFLATE_LEVEL = 3  # files within 0.3 % of level 6 (the default) at 3.6x less CPU (docs/performance.md)
 _DROPPED_NAMESPACES = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 
 
