@@ -101,3 +101,35 @@ def test_a_part_of_another_layout_is_refused_and_rows_must_be_whole_blocks(tmp_p
         with pytest.raises(HiresError, match="not whole output block rows"):
             sink.adopt(tmp_path / "ok.tif", 32)
         sink.adopt(tmp_path / "ok.tif", 64)
+
+
+@pytest.mark.parametrize("part_flavour,final_flavour", [("YES", "YES"), ("NO", "YES"), ("YES", "NO")])
+def test_bigtiff_parts_and_outputs_mix(tmp_path, monkeypatch, part_flavour, final_flavour):
+    """Tile bytes do not depend on the TIFF flavour: classic parts go into a BigTIFF output
+    (64-bit tile tables) and the other way round."""
+    from hires_domain.io import raster
+
+    pixels = _crop(300, 200, "uint16")
+    valid = np.ones((300, 200), bool)
+    meta = {**read_raster(S2).meta, "dtype": "uint16", "nodata": 0}
+    _write(tmp_path / "one.tif", pixels, valid, meta, 64)
+    real_open = rasterio.open
+    flavour = {"now": part_flavour}
+
+    def open_with(path, mode="r", **kw):
+        if mode == "w":
+            kw["bigtiff"] = flavour["now"]
+        return real_open(path, mode, **kw)
+
+    monkeypatch.setattr(raster.rasterio, "open", open_with)
+    for i, r0 in enumerate((0, 128)):
+        _write(tmp_path / f"part{i}.tif", pixels[:, r0:r0 + 128 if r0 == 0 else 300], valid[r0:], meta, 64)
+    flavour["now"] = final_flavour
+    image = read_raster(S2)
+    with RasterSink(tmp_path / "out.tif", pixels.shape, image.affine, meta, crs=image.crs, block=64,
+                    sparse=True) as sink:
+        sink.adopt(tmp_path / "part0.tif", 0)
+        sink.adopt(tmp_path / "part1.tif", 128)
+    with open(tmp_path / "out.tif", "rb") as f:
+        assert (f.read(4)[2] == 43) == (final_flavour == "YES")  # BigTIFF magic 43
+    np.testing.assert_array_equal(_read(tmp_path / "out.tif")[0], _read(tmp_path / "one.tif")[0])
