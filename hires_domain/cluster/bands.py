@@ -9,9 +9,8 @@ dropped, and cells blended with tiles it did not run are never finished. The cli
 part's compressed blocks, as they are, into the final ``RasterSink`` (``adopt``: no decoding or
 recompressing; GeoTIFF, or a COG converted at the end as in a single run, with the same metadata);
 bands that do not start on the output block grid (tile − overlap under 64 input pixels) are
-decoded and written again instead.
-So the pixels equal the single-process output, and each worker holds one band's unfinished
-strip, like a single run.
+decoded and written again instead. So the pixels equal the single-process output, and each
+worker holds one band's unfinished strip, like a single run.
 
 The parts sit inside the output's temporary directory: workers and client need a shared
 filesystem (always true for a LocalCluster).

@@ -236,9 +236,8 @@ class RasterSink:
         if self._dst is not None:
             self._dst.close()
             self._dst = None
-        rows = tiff_blocks.check_part(self._tiled, part, row0)
-        self.coverage.add((slice(row0, row0 + rows), slice(0, self.shape[2])))
-        tiff_blocks.adopt_part(self._tiled, part, row0)
+        tiff_blocks.adopt_part(self._tiled, part, row0,
+                               lambda rows: self.coverage.add((slice(row0, row0 + rows), slice(0, self.shape[2]))))
 
     def _write_metadata(self) -> None:
         dst, meta = self._dst, self.meta

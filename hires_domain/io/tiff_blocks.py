@@ -11,7 +11,7 @@ more CPU than the workers' own writing; so the final file is created by GDAL wit
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -48,22 +48,17 @@ def _entries(f, tag, byteorder: str) -> tuple[np.ndarray, np.dtype]:
     return np.frombuffer(f.read(tag.count * dtype.itemsize), dtype).astype(np.int64), dtype
 
 
-def check_part(final_path, part_path, row0: int) -> int:
-    """The number of rows of ``part_path``; raises ``HiresError`` unless its blocks can become
-    output rows ``row0…`` of ``final_path`` as they are."""
-    with tifffile.TiffFile(final_path) as final, tifffile.TiffFile(part_path) as part:
-        _check(final, part, row0)
-        return part.pages[0].imagelength
-
-
-def adopt_part(final_path, part_path, row0: int) -> None:
+def adopt_part(final_path, part_path, row0: int, claim: Callable[[int], None]) -> None:
     """Append the compressed tiles of ``part_path`` (output rows ``row0…``, block-aligned) to the
     GeoTIFF ``final_path`` (closed by GDAL, created without those tiles) and point its tile tables
-    at them, for every image of the file (the raster and its internal mask). Raises
-    ``HiresError`` when the part's layout differs or an offset does not fit the TIFF flavour."""
+    at them, for every image of the file (the raster and its internal mask). ``claim(rows)`` is
+    called with the part's row count once its layout is checked, before anything is written (it
+    may refuse by raising). Raises ``HiresError`` when the part's layout differs or an offset does
+    not fit the TIFF flavour."""
     with tifffile.TiffFile(final_path) as final, tifffile.TiffFile(part_path) as part, \
             open(final_path, "r+b") as out:
         _check(final, part, row0)
+        claim(part.pages[0].imagelength)
         fh = part.filehandle
         for fpage, page in zip(final.pages, part.pages):
             tags = fpage.tags["TileOffsets"], fpage.tags["TileByteCounts"]

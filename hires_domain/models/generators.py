@@ -107,12 +107,12 @@ class _Residual(nn.Module):
         outputs are left at zero)."""
         f = self.features((x - self.shift) / self.gain)
         keep = max(math.ceil(self.tail_radius), BICUBIC_RADIUS if self.scale > 1 else 0)
-        t, b, left, r = (max(0, m - keep) for m in (margins or (0, 0, 0, 0)))
+        t, b, left, r = crop = tuple(max(0, m - keep) for m in (margins or (0, 0, 0, 0)))
         h, w = x.shape[-2:]
-        if t or b or left or r:
+        if any(crop):
             x, f = (v[..., t:h - b, left:w - r] for v in (x, f))
         y = torch.addcmul(self.base(x), self.tail(f), self.out_gain)
-        if not (t or b or left or r):
+        if not any(crop):
             return y
         k = self.scale
         out = y.new_zeros(*y.shape[:2], h * k, w * k)
