@@ -2,6 +2,7 @@
 
     python datasets/ct_texture_phantoms.py data/ct-phantoms [--count 32] [--size 256] [--seed 0]
     python datasets/ct_texture_phantoms.py data/ct-phantoms-small --pixel-mm 0.25 0.6 --seed 1
+    python datasets/ct_texture_phantoms.py data/ct-phantoms-smooth --style smooth --pixel-mm 0.5 1.2 --seed 2
 
 Four real training slices teach four anatomies: the network learns their content as well as the
 noise, and erases texture it has never seen (CT_small's muscle and trabecular bone). Each phantom
@@ -10,6 +11,9 @@ pockets) whose texture comes from real images of other kinds, so that the simula
 (``hires prepare``) shows the network many more textures next to the same FBP noise. Small pixels
 (``--pixel-mm 0.25 0.6``: a 6-15 cm object, as a wrist, a child or a small-FOV reconstruction) give
 dense detail at little attenuation, hence little noise: detail the network must keep.
+``--style smooth`` (stage 8) makes the other half of real anatomy: organs of nearly flat soft
+tissue (a few HU of texture, shallow gradients, sharp borders between levels a few tens of HU
+apart, small enhanced vessels), as brain, liver or kidney, where any mottle left is noise.
 Texture sources:
 
 - scikit-image's bundled images (camera, brick, grass, gravel, moon, coins, text, page,
@@ -80,8 +84,23 @@ def _textured(rng: np.random.Generator, sources, size: int, level, amplitude) ->
     return base + amp * (_field(rng, sources, size) - 0.5)
 
 
-def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4)) -> tuple[np.ndarray, float]:
-    """One slice in HU and its pixel size in mm (uniform in ``pixel_mm``)."""
+def _organs(rng: np.random.Generator, sources, size: int) -> np.ndarray:
+    """Smooth soft tissue: 3-8 organs at their own level (-20..80 HU) over a background organ,
+    each with a shallow gradient and a few HU of texture, plus small enhanced vessels."""
+    hu = np.full((size, size), rng.uniform(20, 60))
+    for _ in range(rng.integers(3, 9)):
+        organ = _blobs(rng, sources, size, rng.uniform(0.03, 0.3))
+        hu = np.where(organ, rng.uniform(-20, 80), hu)
+    hu += rng.uniform(0, 15) * (ndimage.gaussian_filter(_field(rng, sources, size), size / 16) - 0.5)
+    hu += rng.uniform(0, 6) * (_field(rng, sources, size) - 0.5)
+    vessels = _blobs(rng, sources, size, rng.uniform(0.0, 0.02))
+    return np.where(vessels, rng.uniform(100, 300), hu)
+
+
+def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4),
+            style: str = "textured") -> tuple[np.ndarray, float]:
+    """One slice in HU and its pixel size in mm (uniform in ``pixel_mm``); ``style`` "textured"
+    (stages 5-6) or "smooth" (flat organs, stage 8)."""
     pixel = rng.uniform(*pixel_mm)
     y, x = np.mgrid[:size, :size] - (size - 1) / 2.0
     a = rng.uniform(0.30, 0.47) * size
@@ -92,10 +111,15 @@ def phantom(rng: np.random.Generator, sources, size: int, pixel_mm=(0.7, 1.4)) -
     r = np.sqrt((u / a) ** 2 + (v / b) ** 2) / wobble
     body = r < 1.0
     rim = body & (r > 1.0 - rng.uniform(3.0, 20.0) / pixel / a)
-    hu = _textured(rng, sources, size, (20, 70), (15, 120))
-    hu += rng.uniform(0, 60) * (_field(rng, sources, size) - 0.5)  # a second, independent texture
+    if style == "smooth":
+        hu = _organs(rng, sources, size)
+        fat_texture = (1, 8)
+    else:
+        hu = _textured(rng, sources, size, (20, 70), (15, 120))
+        hu += rng.uniform(0, 60) * (_field(rng, sources, size) - 0.5)  # a second, independent texture
+        fat_texture = (5, 40)
     fat = rim | _blobs(rng, sources, size, rng.uniform(0.03, 0.25))
-    hu = np.where(fat, _textured(rng, sources, size, (-120, -80), (5, 40)), hu)
+    hu = np.where(fat, _textured(rng, sources, size, (-120, -80), fat_texture), hu)
     bone = _blobs(rng, sources, size, rng.uniform(0.01, 0.08)) & (r < 0.9)
     hu = np.where(bone, _textured(rng, sources, size, (250, 1200), (100, 500)), hu)
     if rng.uniform() < 0.5:  # lung or bowel gas
@@ -114,12 +138,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pixel-mm", type=float, nargs=2, default=(0.7, 1.4), metavar=("LO", "HI"))
+    ap.add_argument("--style", choices=("textured", "smooth"), default="textured")
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = textures()
     for k in range(args.count):
-        hu, pixel = phantom(np.random.default_rng([args.seed, k]), sources, args.size, args.pixel_mm)
+        hu, pixel = phantom(np.random.default_rng([args.seed, k]), sources, args.size, args.pixel_mm, args.style)
         img = nib.Nifti1Image(np.ascontiguousarray(hu.T[:, :, None]), np.diag([pixel, pixel, pixel, 1.0]))
         img.header.set_xyzt_units("mm")
         tmp = out / f".phantom-{k:03d}.nii.gz"

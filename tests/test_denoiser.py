@@ -98,3 +98,45 @@ def test_blind_denoiser_helps_at_heavy_noise_on_a_reserved_slice(photons, filt):
 def test_blind_denoiser_never_worse_than_its_input_at_mild_noise():
     before, after = _soft_psnr_before_after(1e6, "ramp")
     assert after >= before, (before, after)
+
+
+def _ensemble_model(tmp_path, ensemble: int):
+    from hires_domain.intensity import Normaliser
+    from hires_domain.models.neural import load_model, save_model
+
+    norm = Normaliser("hu", bands=["HU"])
+    st, js = save_model(tmp_path, f"t-ens{ensemble}", _net(zero_last=False), norm, "medical", ["HU"],
+                        self_ensemble=ensemble)
+    return load_model(js)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (23, 17)])
+def test_self_ensemble_averages_the_eight_rotations_and_flips(tmp_path, shape):
+    """The averaged model commutes with every rotation/flip (the single network does not), and a
+    flip of an odd-sized input keeps each pixel's sub-image phase (one replicated row/column
+    first): the averaged model equals the mean of the eight plain runs done by hand."""
+    one, ens = _ensemble_model(tmp_path, 1), _ensemble_model(tmp_path, 8)
+    x = torch.rand(1, 1, *shape, dtype=torch.float32) * 400 - 200
+    y = ens.predict(x, 1)
+    assert y.shape == x.shape
+    pad = torch.nn.functional.pad(x, (0, shape[1] % 2, 0, shape[0] % 2), mode="replicate")
+    by_hand = sum(torch.rot90(f(one.predict(f(torch.rot90(pad, k, (2, 3))), 1)), -k, (2, 3))
+                  for k in range(4) for f in (lambda v: v, lambda v: v.flip(-1))) / 8
+    torch.testing.assert_close(y, by_hand[..., : shape[0], : shape[1]], rtol=0, atol=1e-3)
+    if shape[0] == shape[1]:
+        torch.testing.assert_close(ens.predict(torch.rot90(x, 1, (2, 3)), 1), torch.rot90(y, 1, (2, 3)), rtol=0, atol=1e-3)
+        assert (one.predict(torch.rot90(x, 1, (2, 3)), 1) - torch.rot90(one.predict(x, 1), 1, (2, 3))).abs().max() > 0.1
+
+
+def test_self_ensemble_other_than_one_or_eight_refused(tmp_path):
+    import json
+
+    from hires_domain.models.neural import load_model
+
+    m = _ensemble_model(tmp_path, 8)
+    meta = json.loads(m.path.read_text())
+    assert meta["self_ensemble"] == 8
+    meta["self_ensemble"] = 4
+    m.path.write_text(json.dumps(meta))
+    with pytest.raises(HiresError, match="self_ensemble must be 1 or 8"):
+        load_model(m.path)

@@ -6,9 +6,11 @@ The JSON holds everything needed to rebuild and run the network without the trai
 {"format": "hires-model", "format_version": 1, "name", "summary", "family": "srgan",
  "domain": "medical" | "raster", "scale", "bands": [...], "generator": {arch, in_ch, out_ch,
  scale, nf, nb[, gc]}, "normalisation": Normaliser.to_dict(), "halo", "card", "training": {...},
- "input_domain": {...}}
+ "input_domain": {...}, "self_ensemble": 8}
 ```
 
+``self_ensemble`` (optional, 1 or 8): 8 averages the network over the eight rotations and flips
+of each input (geometric self-ensemble, as EDSR+; 8× the compute).
 ``input_domain`` (optional) describes the training inputs; ``models/domain.py`` checks inputs
 against it before a run.
 
@@ -39,7 +41,8 @@ FORMAT = "hires-model"
 
 
 def model_json(name: str, generator, normaliser: Normaliser, domain: str, bands, summary: str = "",
-               card: str = "", training: dict | None = None, input_domain: dict | None = None) -> dict:
+               card: str = "", training: dict | None = None, input_domain: dict | None = None,
+               self_ensemble: int = 1) -> dict:
     hp = generator.hparams()
     meta = {"format": FORMAT, "format_version": 1, "name": name,
             "summary": summary or f"{hp['arch']} x{hp['scale']} ({domain}, {len(bands)} band(s))",
@@ -48,19 +51,23 @@ def model_json(name: str, generator, normaliser: Normaliser, domain: str, bands,
             "phase": getattr(generator, "phase", 1), "card": card, "training": training or {}}
     if input_domain is not None:
         meta["input_domain"] = input_domain
+    if self_ensemble != 1:
+        meta["self_ensemble"] = int(self_ensemble)
     return meta
 
 
 def save_model(directory, name: str, generator, normaliser: Normaliser, domain: str, bands,
                summary: str = "", card: str = "", training: dict | None = None,
-               input_domain: dict | None = None) -> tuple[Path, Path]:
+               input_domain: dict | None = None, self_ensemble: int = 1) -> tuple[Path, Path]:
     """Write ``<dir>/<name>.safetensors`` and ``<dir>/<name>.json`` (weights as float32, CPU);
-    ``input_domain``: the training inputs' statistics (``models.domain.from_dataset``)."""
+    ``input_domain``: the training inputs' statistics (``models.domain.from_dataset``);
+    ``self_ensemble``: 1, or 8 to run the model averaged over rotations and flips."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    meta = model_json(name, generator, normaliser, domain, bands, summary, card, training, input_domain)
+    meta = model_json(name, generator, normaliser, domain, bands, summary, card, training, input_domain,
+                      self_ensemble)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in generator.state_dict().items()}
     st, js = d / f"{name}.safetensors", d / f"{name}.json"
     save_file(state, str(st), metadata={"format": FORMAT, "name": name})
@@ -94,6 +101,9 @@ class NeuralModel(Model):
         self.normaliser = Normaliser.from_dict(m["normalisation"])
         self.input_domain = m.get("input_domain")
         self.precision_checks = m.get("precision")
+        self.self_ensemble = int(m.get("self_ensemble", 1))
+        if self.self_ensemble not in (1, 8):
+            raise HiresError(f"model file {self.path}: self_ensemble must be 1 or 8, got {self.self_ensemble}")
         self._net = None
 
     def activation_bytes(self) -> float:
@@ -131,10 +141,34 @@ class NeuralModel(Model):
         p = next(net.parameters())
         if p.device != x.device:
             net.to(x.device)
+        z = self.normaliser.forward(x.to(torch.float32))
         with autocast(self.precision, x.device):
-            y = net(self.normaliser.forward(x.to(torch.float32)).contiguous(memory_format=torch.channels_last),
-                    margins)
+            if self.self_ensemble == 8:
+                y = _dihedral_mean(net, z, self.info.phase)
+            else:
+                y = net(z.contiguous(memory_format=torch.channels_last), margins)
         return self.normaliser.inverse(y.float()).to(x.dtype)
+
+
+def _dihedral_mean(net, x: torch.Tensor, phase: int) -> torch.Tensor:
+    """``net`` averaged over the 8 rotations/flips of ``x`` (geometric self-ensemble; all the
+    halo's output is computed). For ``phase`` 2 networks the input is first padded to even sizes
+    (one replicated far row/column), so every flipped copy keeps a phase that depends only on the
+    pixel's position in the image: tiles whose windows start on even pixels still give exactly
+    the whole image's result."""
+    h, w = x.shape[-2:]
+    if phase > 1:
+        x = torch.nn.functional.pad(x, (0, (-w) % phase, 0, (-h) % phase), mode="replicate")
+    total = None
+    for k in range(4):
+        for flip in (False, True):
+            v = torch.rot90(x, k, (-2, -1))
+            v = v.flip(-1) if flip else v
+            y = net(v.contiguous(memory_format=torch.channels_last)).float()
+            y = torch.rot90(y.flip(-1) if flip else y, -k, (-2, -1))
+            total = y if total is None else total.add_(y)
+    s = total.shape[-1] // x.shape[-1]
+    return total[..., :h * s, :w * s] / 8
 
 
 def _model_class(meta: dict) -> type:

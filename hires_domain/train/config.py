@@ -95,6 +95,7 @@ class ExportCfg(_Strict):
     dir: Optional[str] = None  # default: <output>/export
     summary: str = ""
     card: str = ""
+    self_ensemble: Literal[1, 8] = 1  # 8: the model runs averaged over rotations and flips (8x compute)
 
 
 class TrainConfig(_RunPaths):

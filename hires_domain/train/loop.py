@@ -431,13 +431,13 @@ def _train(cfg, resume, device, progress, export, export_dir, stop_at, say) -> d
         training["config"] = cfg.model_dump(mode="json")
         ex = cfg.export
         name = export or (ex.name if ex else cfg.name)
-        summ, card = (ex.summary, ex.card) if ex else ("", "")
+        summ, card, ens = (ex.summary, ex.card, ex.self_ensemble) if ex else ("", "", 1)
         seen = input_domain.from_dataset(cfg.dataset_dir, tr.manifest)  # what the model's inputs looked like
-        st, js = save_model(out / "final", name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen)
+        st, js = save_model(out / "final", name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen, ens)
         summary["final"] = str(js)
         if export or ex:
             target = Path(export_dir) if export_dir else (cfg.path(ex.dir) if ex and ex.dir else out / "export")
-            st, js = save_model(target, name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen)
+            st, js = save_model(target, name, tr.ema, tr.norm, tr.domain, tr.bands, summ, card, training, seen, ens)
             summary["exported"] = str(js)
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
