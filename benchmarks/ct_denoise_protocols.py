@@ -167,9 +167,9 @@ def curve_figure(cases: list[dict], model: str, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     curve = [c for c in cases if c["protocol"].startswith("E")]
-    if not curve:
-        return
     photons = sorted({c["params"]["photons"] for c in curve})
+    if len(photons) < 2:  # e.g. --only one case: keep the curve drawn by a whole run
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in curve[0]["methods"]:
         ys = [np.mean([c["methods"][method]["psnr_soft"] for c in curve if c["params"]["photons"] == p])

@@ -335,6 +335,33 @@ def test_anisotropic_scanner_noise_is_streaky_along_its_angle(tmp_path):
             "photons": [2e4, 2e4], "anisotropy": [0.5, 2.0]}}}))
 
 
+def test_mild_dose_redraws_a_fraction_of_acquisitions_and_keeps_the_others(tmp_path):
+    """degradation.mild: about ``fraction`` of the training acquisitions get photons from the mild
+    range (inputs nearly their targets); every other acquisition keeps the protocol it had without
+    it (drawn last), so a dataset can be extended without redoing those."""
+    base = {"name": "t", "domain": "low-dose-ct",
+            "sources": [{"package": "pydicom", "file": "CT_small.dcm"},
+                        {"path": str(DICOM / "bad_sequence.dcm"), "split": "val"}],
+            "degradation": {"photons": [1e4, 1e5], "per_slice": 40, "n_angles": [90, 180], "filter": ["ramp", "hann"],
+                            "scanner_noise": {"fraction": 0.5, "photons": [1e5, 1e6]},
+                            "val_protocols": [{"name": "a", "photons": 1e5, "n_angles": 90}]}}
+    mild = {**base, "degradation": {**base["degradation"], "mild": {"fraction": 0.25, "photons": [5e6, 1e7]}}}
+    plain = {it.id: it for it in prep.plan(load_recipe(write(tmp_path, base, "p.yaml")))}
+    recipe = load_recipe(write(tmp_path, mild, "m.yaml"))
+    items = [it for it in prep.plan(recipe) if it.split == "train"]
+    redrawn = [it for it in items if it.params != plain[it.id].params]
+    assert 4 <= len(redrawn) <= 16, len(redrawn)  # about a quarter of 40
+    for it in redrawn:
+        assert 5e6 <= it.params["photons"] <= 1e7
+        assert {**it.params, "photons": None} == {**plain[it.id].params, "photons": None}
+    a = prep.process(redrawn[0], recipe)
+    heavy = prep.process(plain[redrawn[0].id], load_recipe(write(tmp_path, base, "p.yaml")))
+    err = lambda arrays: np.std((arrays["lr"] - arrays["hr"])[0][arrays["valid"]])  # noqa: E731
+    assert err(a) < err(heavy) / 5  # nearly its target
+    with pytest.raises(HiresError, match="mild"):
+        load_recipe(write(tmp_path, {**base, "degradation": {**base["degradation"], "mild": {"photons": [1e7, 1e6]}}}))
+
+
 def test_low_dose_recipe_refuses_bad_protocols(tmp_path):
     base = {"name": "t", "domain": "low-dose-ct", "sources": [{"path": str(SAMPLES / "ct_head_series")}]}
     for bad, field in (({"photons": [1e5, 1e4], "val_protocols": [{"name": "a", "photons": 1e4, "n_angles": 90}]},

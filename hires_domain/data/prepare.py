@@ -345,6 +345,8 @@ def _slice_items(recipe, src, inp, prefix, z, split, base) -> list[Item]:
                 if sn.anisotropy != (1.0, 1.0):
                     proto["scanner_anisotropy"] = _log_uniform(sn.anisotropy, draw)
                     proto["scanner_angle"] = float(draw.uniform(0.0, 180.0))
+            if d.mild is not None and draw.uniform() < d.mild.fraction:
+                proto["photons"] = _log_uniform(d.mild.photons, draw)
         out.append(Item(iid, label, inp, {"slice": z}, split, {**base, "scale": 1, **proto, "seed": seed}))
     return out
 

@@ -188,6 +188,22 @@ class ScannerNoise(_Model):
         return self
 
 
+class MildDose(_Model):
+    """For ``fraction`` of the training acquisitions the photons are redrawn log-uniformly in
+    ``photons`` (drawn after everything else, so the other acquisitions keep their protocols):
+    nearly noise-free inputs whose target is themselves, so the model learns to leave a scan with
+    little noise as it is."""
+
+    fraction: float = Field(0.2, ge=0.0, le=1.0)
+    photons: tuple[float, float] = (1e6, 1e7)
+
+    @model_validator(mode="after")
+    def _photons(self):
+        if not 0.0 < self.photons[0] <= self.photons[1]:
+            raise ValueError("mild.photons must be [lo, hi] with 0 < lo <= hi")
+        return self
+
+
 class DoseDegradation(_Model):
     """Training protocols are drawn per acquisition: photons log-uniform in ``photons``, views and
     reconstruction filter from their lists, electronic noise uniform in its range. The target is
@@ -202,6 +218,7 @@ class DoseDegradation(_Model):
         "(a coarser grid, pixels b times larger) before the scan is simulated, so anatomy and the "
         "scanner's texture come denser per pixel"))
     scanner_noise: Optional[ScannerNoise] = None
+    mild: Optional[MildDose] = None
     per_slice: int = Field(default=1, gt=0)
     val_protocols: list[CtProtocol] = Field(min_length=1)
 
