@@ -8,7 +8,7 @@ truth per case, and BM3D given the true noise σ per case.
 Cases: the reserved real slices of datasets/ct-denoise.yaml (CT_small, 693_UNCI, both frames of
 eCT_Supplemental; never trained on) simulated by the recipe's own physics (hires prepare's code)
 at its validation protocols A–D, plus a dose curve (protocol E: 720 views, ramp, electronic noise
-1 count, photons 5e3 … 1e6). The truth is the noise-free reconstruction of the same protocol.
+1 count, photons 5e3 … 1e7). The truth is the noise-free reconstruction of the same protocol.
 Per case: soft-tissue window (C40/W400) PSNR/SSIM, raw-HU PSNR, and a texture ratio (Laplacian
 energy of the result over the truth's on soft-tissue pixels, in the window: < 1 waxy, > 1 noisy).
 """
@@ -36,7 +36,7 @@ from heldout_models import as_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFT = (-160.0, 240.0)
-DOSE_CURVE = [5e3, 1e4, 2e4, 5e4, 1e5, 3e5, 1e6]
+DOSE_CURVE = [5e3, 1e4, 2e4, 5e4, 1e5, 3e5, 1e6, 1e7]  # 1e7: far below the trained noise
 NLM_H = (0.4, 0.55, 0.7, 0.85, 1.0, 1.2)  # h / σ grid for the truth-tuned NLM
 
 

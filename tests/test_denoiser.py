@@ -94,9 +94,24 @@ def test_blind_denoiser_helps_at_heavy_noise_on_a_reserved_slice(photons, filt):
 
 @pytest.mark.xfail(strict=True, reason="known defect (docs/models/ct-denoise.md): on CT_small, whose own "
                    "scanner striation looks like noise to a model trained on isotropic scanner noise, the "
-                   "blind model removes it at mild noise (1e6 photons: 41.9 -> 32.4 dB soft tissue)")
+                   "blind model removes it at mild noise (1e6 photons: 41.9 -> 33.6 dB soft tissue)")
 def test_blind_denoiser_never_worse_than_its_input_at_mild_noise():
     before, after = _soft_psnr_before_after(1e6, "ramp")
+    assert after >= before, (before, after)
+
+
+def test_blind_denoiser_leaves_a_nearly_noiseless_scan_alone():
+    """Far below the trained noise (1e7 photons; training 3e3-1e7, a fifth at 1e6-1e7): on a
+    reserved slice whose truth is clean (693_UNCI) the model must not make it worse (card: 50.2 ->
+    52.2 dB; CT_small's own texture is still taken out: the strict xfail below)."""
+    from hires_domain.metrics import psnr
+
+    hu, pixel = _ct_slice("693_UNCI.dcm")
+    soft = lambda a: np.clip(a, -160.0, 240.0)[None]  # noqa: E731
+    clean = deg.low_dose_ct(hu, pixel, 1.0, None, n_angles=720)
+    noisy = deg.low_dose_ct(hu, pixel, 1.0, np.random.default_rng(0), i0=1e7, n_angles=720)
+    out = hd.enhance(_as_image(noisy, pixel), "ct-denoise", device="cpu").data[0, 0]
+    before, after = (psnr(soft(a), soft(clean), 400.0).value for a in (noisy, out))
     assert after >= before, (before, after)
 
 
