@@ -384,7 +384,24 @@ def iter_enhance(image: Image, sink: tiling.Sink, s: Settings | Run, on_step: Pr
         done = itertools.count(1)
         run.model.on_step = lambda step, steps: on_step(next(done), total)
     source = image.data if not isinstance(image.data, np.ndarray) else tiling.ArraySource(image.data, image.nodata)
+    if image.units == "HU":
+        sink = _FlooredSink(sink, image.channels)
     yield from tiling.iter_tiled(source, sink, predict, spec, run.batch_size, run.device, select)
+
+
+class _FlooredSink:
+    """Writes CT channels floored at -1024 HU after tile blending (whose rounding can dip a hair
+    below a floored model output: -1024.0001 would read back as padding); the rest passes through."""
+
+    def __init__(self, sink: tiling.Sink, channels: int):
+        self._sink, self._channels = sink, channels
+
+    def write(self, region, data: np.ndarray, valid: np.ndarray) -> None:
+        np.maximum(data[:self._channels], HU_PADDING_BELOW, out=data[:self._channels])
+        self._sink.write(region, data, valid)
+
+    def __getattr__(self, name):
+        return getattr(self._sink, name)
 
 
 def _drain(gen: Iterator[tuple[int, int]], progress: Progress | None) -> None:
