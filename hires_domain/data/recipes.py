@@ -197,11 +197,10 @@ class MildDose(_Model):
     fraction: float = Field(0.2, ge=0.0, le=1.0)
     photons: tuple[float, float] = (1e6, 1e7)
 
-    @model_validator(mode="after")
-    def _photons(self):
-        if not 0.0 < self.photons[0] <= self.photons[1]:
-            raise ValueError("mild.photons must be [lo, hi] with 0 < lo <= hi")
-        return self
+
+def _photon_range(pair: tuple[float, float], what: str) -> None:
+    if not 0.0 < pair[0] <= pair[1]:
+        raise ValueError(f"{what} must be [lo, hi] with 0 < lo <= hi")
 
 
 class DoseDegradation(_Model):
@@ -224,15 +223,15 @@ class DoseDegradation(_Model):
 
     @model_validator(mode="after")
     def _ranges(self):
-        lo, hi = self.photons
-        if not 0.0 < lo <= hi:
-            raise ValueError("photons must be [lo, hi] with 0 < lo <= hi")
+        _photon_range(self.photons, "photons")
         if min(self.n_angles) < 16:
             raise ValueError("n_angles must be at least 16")
         if min(self.binning) < 1:
             raise ValueError("binning factors must be at least 1")
-        if self.scanner_noise is not None and not 0.0 < self.scanner_noise.photons[0] <= self.scanner_noise.photons[1]:
-            raise ValueError("scanner_noise.photons must be [lo, hi] with 0 < lo <= hi")
+        if self.scanner_noise is not None:
+            _photon_range(self.scanner_noise.photons, "scanner_noise.photons")
+        if self.mild is not None:
+            _photon_range(self.mild.photons, "mild.photons")
         if not 0.0 <= self.electronic_sigma[0] <= self.electronic_sigma[1]:
             raise ValueError("electronic_sigma must be [lo, hi] with 0 <= lo <= hi")
         if len({p.name for p in self.val_protocols}) != len(self.val_protocols):
